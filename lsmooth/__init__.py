@@ -8,8 +8,18 @@ from lsmooth.losses import (
     reduce_loss,
     smooth_targets,
 )
+from lsmooth.metrics import ECE, NLL, Brier, brier, ece, fit_temperature, nll, plot_reliability, reliability_bins
 
 __all__ = [
+    "ECE",
+    "NLL",
+    "Brier",
+    "brier",
+    "ece",
+    "fit_temperature",
+    "nll",
+    "plot_reliability",
+    "reliability_bins",
     "LabelSmoothingBCEWithLogits",
     "LabelSmoothingCrossEntropy",
     "LabelSmoothingCrossEntropyFlat",
