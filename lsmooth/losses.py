@@ -38,9 +38,12 @@ __all__ = [
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SPREADS = ("uniform", "others")
-# Rows are processed in blocks of about this many logits: each block's temporaries then stay in
-# the CPU's L2 cache, and no N×K buffer is allocated besides the gradient itself.
-_BLOCK = 1 << 16
+# Rows are processed in blocks of about this many logits (4 MB in fp32): each block's temporaries
+# stay in cache, no N×K buffer is allocated besides the gradient itself, and there are few enough
+# blocks that per-op overhead stays small. Measured by benchmarks/bench_loss.py.
+_BLOCK = 1 << 20
+# Up to this many logits, plain native ops beat a Python autograd.Function (per-op overhead wins).
+_SMALL = 1 << 16
 # Soft targets count as distributions when every entry is >= -tol and every row sums to 1 ± tol.
 _SOFT_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _SOFT_TOL_DEFAULT = 1e-3
@@ -106,19 +109,25 @@ def smooth_targets(
     _check_choice("spread", spread, _SPREADS)
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
-    target = _check_index_target(target, num_classes, ignore_index=None)
+    target, _ = _check_index_target(target, num_classes, ignore_index=None)
     a, b = _coefficients(eps, spread, num_classes)
     dense = F.one_hot(target, num_classes).to(dtype or torch.get_default_dtype()) * a + b
     return dense.movedim(-1, 1) if dense.dim() > 2 else dense
 
 
-def _check_index_target(target: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
+def _check_index_target(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, bool]:
+    """Class indices as int64, checked; and whether some of them may equal ``ignore_index``."""
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
         raise ValueError(
             f"index targets must have an integer dtype, got {target.dtype}; soft targets must be "
             "floating point with the logits' shape"
         )
     target = target.long()
+    if target.numel() == 0:
+        return target, False
+    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
+    if 0 <= lo and hi < num_classes:
+        return target, ignore_index is not None and lo <= ignore_index <= hi
     bad = (target < 0) | (target >= num_classes)
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -130,7 +139,7 @@ def _check_index_target(target: Tensor, num_classes: int, ignore_index: int | No
             f"target has class index {value} at position {tuple(where.tolist())}; "
             f"class indices must be in [0, {num_classes}){also}"
         )
-    return target
+    return target, True
 
 
 def _check_soft_target(target: Tensor) -> None:
@@ -148,10 +157,11 @@ def _check_soft_target(target: Tensor) -> None:
 class _SmoothedNLL(torch.autograd.Function):
     """Per-row smoothed NLL for index targets, without materialising any N×K target.
 
-    Forward computes, block by block, ``l_y`` and ``Σ_c w_c·l_c`` from a cache-sized log-softmax;
-    backward writes ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into the gradient,
-    where ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight. Logits of ``-inf`` are left
-    out of the uniform term (per row ``K`` becomes the number of finite logits).
+    Forward computes, block by block, ``log p_y`` and ``Σ_c w_c·log p_c`` from a cache-sized
+    log-softmax; backward writes ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into the
+    gradient, where ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights).
+    Logits of ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite
+    logits). ``keep`` (rows not ignored) and ``w_y`` (weight of each row's target) may be None.
     """
 
     @staticmethod
@@ -159,28 +169,38 @@ class _SmoothedNLL(torch.autograd.Function):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
         rows = max(1, _BLOCK // k)
-        nll = x.new_empty(n, dtype=cdt)
-        total = x.new_empty(n, dtype=cdt)
-        buf = x.new_empty(min(rows, n), k, dtype=cdt)
-        wc = None if weight is None else weight.to(cdt)
-        for i in range(0, n, rows):
-            logp = buf[: min(rows, n - i)]
-            torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
-            nll[i : i + rows] = logp.gather(1, target[i : i + rows, None]).squeeze(1).neg()
-            total[i : i + rows] = (logp @ wc if wc is not None else logp.sum(1)).neg()
+        if n <= rows:
+            logp = torch.log_softmax(x, 1, dtype=cdt)
+            lp_y = logp.gather(1, target[:, None]).squeeze(1)
+            lp_sum = logp @ weight if weight is not None else logp.sum(1)
+        else:
+            lp_y, lp_sum = x.new_empty(n, dtype=cdt), x.new_empty(n, dtype=cdt)
+            buf = x.new_empty(rows, k, dtype=cdt)
+            for i in range(0, n, rows):
+                logp = buf[: min(rows, n - i)]
+                torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
+                torch.gather(logp, 1, target[i : i + rows, None], out=lp_y[i : i + rows, None])
+                lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
 
         # A -inf logit marks an impossible class: redo those rows with it left out of the sum.
         n_valid = None
-        if not torch.isfinite(total).all():
+        if not math.isfinite(lp_sum.sum().item()):
             n_valid = torch.full((n,), k, dtype=cdt, device=x.device)
             for i in range(0, n, rows):
                 xb = x[i : i + rows]
                 valid = xb != -math.inf
                 logp = torch.log_softmax(xb, 1, dtype=cdt).masked_fill(~valid, 0)
-                total[i : i + rows] = (logp @ wc if wc is not None else logp.sum(1)).neg()
+                lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
                 n_valid[i : i + rows] = valid.sum(1)
         a, b = _coefficients(eps, spread, k if n_valid is None else n_valid)
-        loss = torch.where(keep, a * w_y * nll + b * total, 0.0)
+        if w_y is not None:
+            lp_y = lp_y * w_y
+        if n_valid is None:
+            loss = lp_y.mul(-a).sub_(lp_sum, alpha=b)
+        else:
+            loss = -(a * lp_y + b * lp_sum)
+        if keep is not None:
+            loss = loss.where(keep, 0.0)
 
         ctx.save_for_backward(x, target, keep, w_y, weight, n_valid)
         ctx.eps, ctx.spread = eps, spread
@@ -192,43 +212,58 @@ class _SmoothedNLL(torch.autograd.Function):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
         a, b = _coefficients(ctx.eps, ctx.spread, k if n_valid is None else n_valid)
-        wc = None if weight is None else weight.to(cdt)
-        if n_valid is None:
-            w_sum = k if wc is None else wc.sum()
+        g = grad_loss if keep is None else grad_loss.where(keep, 0.0)
+        valid = None if n_valid is None else x != -math.inf
+        c_true = g * -a if w_y is None else g * w_y * -a
+        if weight is None and n_valid is None:
+            c_soft, c_flat = g, None  # the smoothed target sums to 1; its uniform part is g·b
         else:
-            valid = x != -math.inf
-            w_sum = n_valid if wc is None else valid.to(cdt) @ wc
-        g = torch.where(keep, grad_loss, 0.0)
-        c_soft = g * (a * w_y + b * w_sum)
-        c_flat = g * b if isinstance(b, Tensor) else g.mul(b)
-        c_true = g * a * w_y
+            w_sum = (n_valid if weight is None else valid.to(cdt) @ weight) if n_valid is not None else weight.sum()
+            c_soft = g * (a * (1.0 if w_y is None else w_y) + b * w_sum)
+            c_flat = g * b
 
         if torch.is_grad_enabled():  # create_graph=True: build the gradient from differentiable ops
-            grad = c_soft[:, None] * torch.softmax(x, 1, dtype=cdt)
-            flat = c_flat[:, None] * (wc if wc is not None else 1.0)
-            if n_valid is not None:
+            flat = (g * b if c_flat is None else c_flat)[:, None] * (weight if weight is not None else 1.0)
+            if valid is not None:
                 flat = flat * valid
-            grad = grad - flat - c_true[:, None] * F.one_hot(target, k).to(cdt)
+            grad = c_soft[:, None] * torch.softmax(x, 1, dtype=cdt) - flat
+            grad = grad + c_true[:, None] * F.one_hot(target, k).to(cdt)
             return grad.to(x.dtype), None, None, None, None, None, None
 
         grad = torch.empty_like(x)
         rows = max(1, _BLOCK // k)
+        if n <= rows and cdt == x.dtype:  # one block: no slicing, a few µs matter at small shapes
+            _write_grad(grad, x, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
+            return grad, None, None, None, None, None, None
         buf = grad if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
         for i in range(0, n, rows):
             j = min(i + rows, n)
             gb = buf[i:j] if buf is grad else buf[: j - i]
-            torch.softmax(x[i:j], 1, dtype=cdt, out=gb)
-            gb.mul_(c_soft[i:j, None])
-            if wc is None:
-                gb.sub_(c_flat[i:j, None])
-            else:
-                gb.addcmul_(c_flat[i:j, None], wc, value=-1)
-            if n_valid is not None:
-                gb.masked_fill_(~valid[i:j], 0)
-            gb.scatter_add_(1, target[i:j, None], c_true[i:j, None].neg())
+            _write_grad(
+                gb, x[i:j], target[i:j, None], c_soft[i:j], None if c_flat is None else c_flat[i:j],
+                c_true[i:j], b, weight, None if valid is None else valid[i:j],
+            )
             if buf is not grad:
                 grad[i:j] = gb
         return grad, None, None, None, None, None, None
+
+
+def _write_grad(out, x, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
+    """``out = c_soft·softmax(x) - c_flat·w (valid classes only) + c_true·onehot(target)``, in place.
+
+    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks."""
+    torch.softmax(x, 1, dtype=out.dtype, out=out)
+    if c_flat is None:
+        out.sub_(b).mul_(c_soft[:, None])
+    else:
+        out.mul_(c_soft[:, None])
+        if weight is None:
+            out.sub_(c_flat[:, None])
+        else:
+            out.addcmul_(c_flat[:, None], weight, value=-1)
+        if valid is not None:
+            out.masked_fill_(~valid, 0)
+    out.scatter_add_(1, target, c_true[:, None])
 
 
 def _flatten_classes(x: Tensor) -> Tensor:
@@ -285,6 +320,9 @@ def label_smoothing_cross_entropy(
     _check_choice("spread", spread, _SPREADS)
     eps = _check_eps(eps)
     k = _check_input(input, weight)
+    # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
+    input = input if type(input) is Tensor else input.as_subclass(Tensor)
+    target = target if type(target) is Tensor else target.as_subclass(Tensor)
     cdt = _compute_dtype(input.dtype)
     if weight is not None:
         weight = weight.to(device=input.device, dtype=cdt)
@@ -298,7 +336,7 @@ def label_smoothing_cross_entropy(
         q = _flatten_classes(target)
         _check_soft_target(q)
         rows = _soft_rows(x, q.to(cdt), eps, weight, spread)
-        denom = rows.new_tensor(float(rows.numel()))
+        denom = None
         out_shape = input.shape[:1] + input.shape[2:]
     else:
         expected = input.shape[:1] + input.shape[2:]
@@ -307,20 +345,41 @@ def label_smoothing_cross_entropy(
                 f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
                 f"class indices of shape {tuple(expected)} or probabilities of shape {tuple(input.shape)}"
             )
-        t = _check_index_target(target, k, ignore_index).reshape(-1)
-        keep = t != ignore_index
-        t = t.where(keep, 0)
-        w_y = keep.to(cdt) if weight is None else weight[t] * keep
+        t, some_ignored = _check_index_target(target, k, ignore_index)
+        t, keep = t.reshape(-1), None
+        if some_ignored:
+            keep = t != ignore_index
+            t = t.where(keep, 0)
+        if keep is None and weight is None and 0 < x.numel() <= _SMALL:
+            loss = _small_unweighted(x, t, eps, spread, reduction, cdt)
+            if math.isfinite(loss.sum().item()):  # else: -inf logits, handled below
+                return loss.reshape(target.shape) if reduction == "none" else loss
+        w_y = None if weight is None else weight[t] if keep is None else weight[t] * keep
         rows = _SmoothedNLL.apply(x, t, keep, w_y, weight, eps, spread)
-        denom = w_y.sum()
+        denom = w_y.sum() if w_y is not None else keep.sum() if keep is not None else None
         out_shape = target.shape
 
     if reduction == "none":
         return rows.reshape(out_shape)
-    total = rows.sum()
     if reduction == "sum":
-        return total
-    return torch.where(denom != 0, total / denom.where(denom != 0, 1.0), 0.0)
+        return rows.sum()
+    if denom is None:  # every row counts once
+        return rows.mean() if rows.numel() else rows.sum()
+    return torch.where(denom != 0, rows.sum() / denom.where(denom != 0, 1), 0.0)
+
+
+def _small_unweighted(x: Tensor, t: Tensor, eps: float, spread: str, reduction: str, cdt: torch.dtype) -> Tensor:
+    """Small inputs without weights or ignored rows: ``a·NLL - b·Σ_c log p_c`` from native ops.
+
+    At a few thousand logits the cost is per-op overhead, and autograd's C++ backward for these
+    ops is cheaper than a Python ``autograd.Function``; no N×K target is built either way.
+    """
+    a, b = _coefficients(eps, spread, x.shape[1])
+    logp = torch.log_softmax(x, 1, dtype=cdt)
+    if reduction == "none":
+        return F.nll_loss(logp, t, reduction="none").mul(a).sub_(logp.sum(1), alpha=b)
+    nll = F.nll_loss(logp, t, reduction=reduction)
+    return nll * a - logp.sum() * (b if reduction == "sum" else b / x.shape[0])
 
 
 def _soft_rows(x: Tensor, q: Tensor, eps: float, weight: Tensor | None, spread: str) -> Tensor:
