@@ -23,10 +23,10 @@ from lsmooth import (
     LabelSmoothingCrossEntropy,
     LabelSmoothingCrossEntropyFlat,
     linear_combination,
+    losses,
     reduce_loss,
     smooth_targets,
 )
-from lsmooth import losses
 from lsmooth.losses import (
     label_smoothing_cross_entropy,
     label_smoothing_cross_entropy_reference,

@@ -1,0 +1,141 @@
+"""Run folders: one folder per run, files written atomically, the environment recorded.
+
+A reader (a sweep, a notebook) never sees a half-written file: every write goes to a temporary
+file in the same folder and is moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "atomic_save_torch",
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_writable",
+    "environment",
+    "new_run_dir",
+]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_torch(path: str | os.PathLike, obj) -> Path:
+    """``torch.save`` that never leaves a half-written file."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_csv(path: str | os.PathLike, header: Sequence[str], rows) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+def check_writable(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and prove a file can be written there; ``OSError`` otherwise."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output path {str(out)!r} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise PermissionError(f"cannot write to output folder {str(out)!r}: {e.strerror or e}") from None
+    return out
+
+
+def new_run_dir(out: str | os.PathLike, name: str) -> Path:
+    """A fresh folder ``out/<YYYYmmdd-HHMMSS>-<name>`` (``-2``, ``-3``, ... when taken)."""
+    out = check_writable(out)
+    stem = time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
+    for i in range(1, 1000):
+        path = out / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many runs named {stem!r} in {str(out)!r}")
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip() or None
+
+
+def environment(device: torch.device | str | None = None, **extra) -> dict:
+    """Versions, device and threads: what a reader needs to compare two runs' numbers."""
+    import fastai
+    import timm
+    import torchvision
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fastai": fastai.__version__,
+        "timm": timm.__version__,
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or platform.machine()
+        ),
+        "cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": _git_commit(),
+    }
+    info.update(extra)
+    return info
+
