@@ -169,18 +169,21 @@ class _SmoothedNLL(torch.autograd.Function):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
         rows = max(1, _BLOCK // k)
+        # The log-probabilities go into the buffer that backward turns into the gradient: one N×K
+        # allocation for forward and backward together (16-bit logits use a float32 block instead).
+        work = torch.empty_like(x) if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
         if n <= rows:
-            logp = torch.log_softmax(x, 1, dtype=cdt)
+            logp = torch.log_softmax(x, 1, dtype=cdt, out=work[:n])
             lp_y = logp.gather(1, target[:, None]).squeeze(1)
             lp_sum = logp @ weight if weight is not None else logp.sum(1)
         else:
             lp_y, lp_sum = x.new_empty(n, dtype=cdt), x.new_empty(n, dtype=cdt)
-            buf = x.new_empty(rows, k, dtype=cdt)
             for i in range(0, n, rows):
-                logp = buf[: min(rows, n - i)]
+                logp = work[i : i + rows] if cdt == x.dtype else work[: min(rows, n - i)]
                 torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
                 torch.gather(logp, 1, target[i : i + rows, None], out=lp_y[i : i + rows, None])
                 lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
+        ctx.work = work if cdt == x.dtype else None
 
         # A -inf logit marks an impossible class: redo those rows with it left out of the sum.
         n_valid = None
@@ -223,6 +226,7 @@ class _SmoothedNLL(torch.autograd.Function):
             c_flat = g * b
 
         if torch.is_grad_enabled():  # create_graph=True: build the gradient from differentiable ops
+            ctx.work = None
             flat = (g * b if c_flat is None else c_flat)[:, None] * (weight if weight is not None else 1.0)
             if valid is not None:
                 flat = flat * valid
@@ -230,7 +234,9 @@ class _SmoothedNLL(torch.autograd.Function):
             grad = grad + c_true[:, None] * F.one_hot(target, k).to(cdt)
             return grad.to(x.dtype), None, None, None, None, None, None
 
-        grad = torch.empty_like(x)
+        grad, ctx.work = ctx.work, None  # a second backward (retain_graph) must not reuse it
+        if grad is None:
+            grad = torch.empty_like(x)
         rows = max(1, _BLOCK // k)
         if n <= rows and cdt == x.dtype:  # one block: no slicing, a few µs matter at small shapes
             _write_grad(grad, x, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
@@ -251,7 +257,8 @@ class _SmoothedNLL(torch.autograd.Function):
 def _write_grad(out, x, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
     """``out = c_soft·softmax(x) - c_flat·w (valid classes only) + c_true·onehot(target)``, in place.
 
-    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks."""
+    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks.
+    (Recomputing the softmax from ``x`` is faster on CPU than ``exp_`` of the stored log-probs.)"""
     torch.softmax(x, 1, dtype=out.dtype, out=out)
     if c_flat is None:
         out.sub_(b).mul_(c_soft[:, None])
