@@ -11,6 +11,7 @@ import io
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -29,16 +31,22 @@ __all__ = [
     "check_writable",
     "environment",
     "new_run_dir",
+    "rng_state",
+    "set_rng_state",
 ]
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+def _atomic(path: str | os.PathLike, write) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then ``os.replace`` it.
+
+    A crash or SIGKILL at any point leaves either the old ``path`` or the new one, never a mix;
+    at worst a stray ``.<name>.*.tmp`` file stays behind.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,15 +56,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (all or nothing)."""
+    return _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_save_torch(path: str | os.PathLike, obj) -> Path:
-    """``torch.save`` that never leaves a half-written file."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` that never leaves a half-written file (streams; no copy in memory)."""
+    return _atomic(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
@@ -139,3 +150,26 @@ def environment(device: torch.device | str | None = None, **extra) -> dict:
     info.update(extra)
     return info
 
+
+def rng_state() -> dict:
+    """Every global random stream a training step draws from: Python, NumPy, torch CPU and CUDA."""
+    return {
+        "python": random.getstate(),
+        "numpy": _plain(np.random.get_state()),  # plain types: loads with torch.load(weights_only=True)
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _plain(state: tuple) -> tuple:
+    return tuple(x.tolist() if isinstance(x, np.ndarray) else x for x in state)
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (load the checkpoint with ``map_location="cpu"``)."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
