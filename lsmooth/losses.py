@@ -157,10 +157,10 @@ def _check_soft_target(target: Tensor) -> None:
 class _SmoothedNLL(torch.autograd.Function):
     """Per-row smoothed NLL for index targets, without materialising any N×K target.
 
-    Forward computes, block by block, ``log p_y`` and ``Σ_c w_c·log p_c`` from a cache-sized
-    log-softmax; backward writes ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into the
-    gradient, where ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights).
-    Logits of ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite
+    Forward computes, block by block, ``log p_y`` and ``Σ_c w_c·log p_c`` from a log-softmax
+    written into the buffer that backward reuses for the gradient; backward writes
+    ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into that gradient, where
+    ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights). Logits of ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite
     logits). ``keep`` (rows not ignored) and ``w_y`` (weight of each row's target) may be None.
     """
 
@@ -172,17 +172,12 @@ class _SmoothedNLL(torch.autograd.Function):
         # The log-probabilities go into the buffer that backward turns into the gradient: one N×K
         # allocation for forward and backward together (16-bit logits use a float32 block instead).
         work = torch.empty_like(x) if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
-        if n <= rows:
-            logp = torch.log_softmax(x, 1, dtype=cdt, out=work[:n])
-            lp_y = logp.gather(1, target[:, None]).squeeze(1)
-            lp_sum = logp @ weight if weight is not None else logp.sum(1)
-        else:
-            lp_y, lp_sum = x.new_empty(n, dtype=cdt), x.new_empty(n, dtype=cdt)
-            for i in range(0, n, rows):
-                logp = work[i : i + rows] if cdt == x.dtype else work[: min(rows, n - i)]
-                torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
-                torch.gather(logp, 1, target[i : i + rows, None], out=lp_y[i : i + rows, None])
-                lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
+        lp_y, lp_sum = x.new_empty(n, dtype=cdt), x.new_empty(n, dtype=cdt)
+        for i in range(0, n, rows):
+            logp = work[i : i + rows] if cdt == x.dtype else work[: min(rows, n - i)]
+            torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
+            torch.gather(logp, 1, target[i : i + rows, None], out=lp_y[i : i + rows, None])
+            lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
         ctx.work = work if cdt == x.dtype else None
 
         # A -inf logit marks an impossible class: redo those rows with it left out of the sum.
@@ -238,9 +233,6 @@ class _SmoothedNLL(torch.autograd.Function):
         if grad is None:
             grad = torch.empty_like(x)
         rows = max(1, _BLOCK // k)
-        if n <= rows and cdt == x.dtype:  # one block: no slicing, a few µs matter at small shapes
-            _write_grad(grad, x, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
-            return grad, None, None, None, None, None, None
         buf = grad if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
         for i in range(0, n, rows):
             j = min(i + rows, n)
