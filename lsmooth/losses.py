@@ -160,8 +160,9 @@ class _SmoothedNLL(torch.autograd.Function):
     Forward computes, block by block, ``log p_y`` and ``Σ_c w_c·log p_c`` from a log-softmax
     written into the buffer that backward reuses for the gradient; backward writes
     ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into that gradient, where
-    ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights). Logits of ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite
-    logits). ``keep`` (rows not ignored) and ``w_y`` (weight of each row's target) may be None.
+    ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights). Logits of
+    ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite logits).
+    ``keep`` (rows not ignored) and ``w_y`` (weight of each row's target) may be None.
     """
 
     @staticmethod
