@@ -155,55 +155,68 @@ def _check_soft_target(target: Tensor) -> None:
 
 
 class _SmoothedNLL(torch.autograd.Function):
-    """Per-row smoothed NLL for index targets, without materialising any N×K target.
+    """Smoothed NLL for index targets, without materialising any N×K target.
 
-    Forward computes, block by block, ``log p_y`` and ``Σ_c w_c·log p_c`` from a log-softmax
-    written into the buffer that backward reuses for the gradient; backward writes
-    ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)`` straight into that gradient, where
-    ``S = a·w_y + b·Σ_c w_c`` is the row's total target weight (1 without weights). Logits of
-    ``-inf`` are left out of the uniform term (per row ``K`` becomes the number of finite logits).
-    ``keep`` (rows not ignored) and ``w_y`` (weight of each row's target) may be None.
+    The softmax is computed once, in forward, and kept: backward turns it into the gradient in
+    place. The loss needs only ``log p_y`` and ``Σ_c w_c·log p_c = Σ_c w_c·x_c - lse·Σ_c w_c``:
+    ``log p_y`` is read off the softmax and ``lse = x_y - log p_y``; rows where ``p_y``
+    underflows get ``lse`` from ``logsumexp`` instead. Backward writes
+    ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)``, where ``S = a·w_y + b·Σ_c w_c`` is the row's
+    total target weight (1 without weights). Logits of ``-inf`` are left out of the uniform term
+    (per row ``K`` becomes the number of finite logits). ``keep`` (rows not ignored) and ``w_y``
+    (weight of each row's target) may be None.
+
+    Without ``need_grad``, and for 16-bit logits, the softmax goes into a reused float32 block
+    buffer instead (backward then recomputes it block by block). With ``scale`` (only without
+    weights or ignored rows) forward returns the rows' losses summed and multiplied by ``scale``.
     """
 
     @staticmethod
-    def forward(ctx, x, target, keep, w_y, weight, eps, spread):
+    def forward(ctx, x, target, keep, w_y, weight, eps, spread, need_grad, scale):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
-        rows = max(1, _BLOCK // k)
-        # The log-probabilities go into the buffer that backward turns into the gradient: one N×K
-        # allocation for forward and backward together (16-bit logits use a float32 block instead).
-        work = torch.empty_like(x) if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
-        lp_y, lp_sum = x.new_empty(n, dtype=cdt), x.new_empty(n, dtype=cdt)
-        for i in range(0, n, rows):
-            logp = work[i : i + rows] if cdt == x.dtype else work[: min(rows, n - i)]
-            torch.log_softmax(x[i : i + rows], 1, dtype=cdt, out=logp)
-            torch.gather(logp, 1, target[i : i + rows, None], out=lp_y[i : i + rows, None])
-            lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
-        ctx.work = work if cdt == x.dtype else None
-
-        # A -inf logit marks an impossible class: redo those rows with it left out of the sum.
-        n_valid = None
-        if not math.isfinite(lp_sum.sum().item()):
-            n_valid = torch.full((n,), k, dtype=cdt, device=x.device)
-            for i in range(0, n, rows):
-                xb = x[i : i + rows]
-                valid = xb != -math.inf
-                logp = torch.log_softmax(xb, 1, dtype=cdt).masked_fill(~valid, 0)
-                lp_sum[i : i + rows] = logp @ weight if weight is not None else logp.sum(1)
-                n_valid[i : i + rows] = valid.sum(1)
-        a, b = _coefficients(eps, spread, k if n_valid is None else n_valid)
-        if w_y is not None:
-            lp_y = lp_y * w_y
-        if n_valid is None:
-            loss = lp_y.mul(-a).sub_(lp_sum, alpha=b)
+        ctx.eps, ctx.spread, ctx.scale = eps, spread, scale
+        ctx.work = None
+        if need_grad and cdt == x.dtype:
+            ctx.work = torch.softmax(x, 1)
+            p_y = ctx.work.gather(1, target[:, None]).squeeze(1)
+            x_sum = x.sum(1) if weight is None else x @ weight
         else:
-            loss = -(a * lp_y + b * lp_sum)
+            p_y, x_sum = _softmax_at_target_blocks(x, target, weight, cdt)
+        x_y = x.gather(1, target[:, None]).squeeze(1).to(cdt)
+        tiny = torch.finfo(cdt).tiny
+
+        if scale is not None and n > 0:
+            # The summed loss Σ_rows [-a·log p_y + b·(K·lse - Σ_c x_c)] needs three sums, with
+            # Σ lse = Σ x_y - Σ log p_y: one sync and no more N-sized arithmetic.
+            p_min, s_lp, s_xy, s_x = torch.stack((p_y.amin(), p_y.log().sum(), x_y.sum(), x_sum.sum())).tolist()
+            if p_min >= tiny and math.isfinite(s_x):  # else: underflow or -inf logits, per row below
+                a, b = _coefficients(eps, spread, k)
+                ctx.save_for_backward(x, target, None, None, None, None)
+                return x.new_tensor((-a * s_lp + b * (k * (s_xy - s_lp) - s_x)) * scale, dtype=cdt)
+
+        lp_y = p_y.where(p_y >= tiny, 0).log_()  # underflow -> -inf, fixed below
+        lse = x_y - lp_y
+        n_valid = None
+        w_sum = k if weight is None else weight.sum()
+        if not math.isfinite(lse.sum().add_(x_sum.sum()).item()):
+            # p_y underflowed (or the target itself is impossible): those rows' lse from logsumexp
+            bad = ~lse.isfinite()
+            if bad.any():
+                lse[bad] = torch.logsumexp(x[bad].to(cdt), 1)
+                lp_y[bad] = x_y[bad] - lse[bad]
+            # A -inf logit marks an impossible class: redo the sums with those classes left out.
+            if not math.isfinite(x_sum.sum().item()):
+                n_valid, w_sum, x_sum = _finite_class_sums(x, weight, cdt)
+        a, b = _coefficients(eps, spread, k if n_valid is None else n_valid)
+        lp_sum = x_sum.sub_(lse.mul_(w_sum))
+        if w_y is not None:
+            lp_y = lp_y.mul_(w_y)
+        loss = lp_y.mul_(-a).sub_(lp_sum, alpha=b) if n_valid is None else -(a * lp_y + b * lp_sum)
         if keep is not None:
             loss = loss.where(keep, 0.0)
-
         ctx.save_for_backward(x, target, keep, w_y, weight, n_valid)
-        ctx.eps, ctx.spread = eps, spread
-        return loss
+        return loss if scale is None else loss.sum() * scale
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -211,7 +224,9 @@ class _SmoothedNLL(torch.autograd.Function):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
         a, b = _coefficients(ctx.eps, ctx.spread, k if n_valid is None else n_valid)
-        g = grad_loss if keep is None else grad_loss.where(keep, 0.0)
+        g = grad_loss if ctx.scale is None else (grad_loss * ctx.scale).expand(n)
+        if keep is not None:
+            g = g.where(keep, 0.0)
         valid = None if n_valid is None else x != -math.inf
         c_true = g * -a if w_y is None else g * w_y * -a
         if weight is None and n_valid is None:
@@ -228,33 +243,75 @@ class _SmoothedNLL(torch.autograd.Function):
                 flat = flat * valid
             grad = c_soft[:, None] * torch.softmax(x, 1, dtype=cdt) - flat
             grad = grad + c_true[:, None] * F.one_hot(target, k).to(cdt)
-            return grad.to(x.dtype), None, None, None, None, None, None
+            return grad.to(x.dtype), None, None, None, None, None, None, None, None
 
-        grad, ctx.work = ctx.work, None  # a second backward (retain_graph) must not reuse it
-        if grad is None:
-            grad = torch.empty_like(x)
+        grad, ctx.work = ctx.work, None  # a second backward (retain_graph) recomputes the softmax
+        if grad is not None:
+            _write_grad(grad, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
+            return grad, None, None, None, None, None, None, None, None
+        grad = torch.empty_like(x)
         rows = max(1, _BLOCK // k)
         buf = grad if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
         for i in range(0, n, rows):
             j = min(i + rows, n)
             gb = buf[i:j] if buf is grad else buf[: j - i]
+            torch.softmax(x[i:j], 1, dtype=cdt, out=gb)
             _write_grad(
-                gb, x[i:j], target[i:j, None], c_soft[i:j], None if c_flat is None else c_flat[i:j],
+                gb, target[i:j, None], c_soft[i:j], None if c_flat is None else c_flat[i:j],
                 c_true[i:j], b, weight, None if valid is None else valid[i:j],
-            )
+            )  # fmt: skip
             if buf is not grad:
                 grad[i:j] = gb
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
-def _write_grad(out, x, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
-    """``out = c_soft·softmax(x) - c_flat·w (valid classes only) + c_true·onehot(target)``, in place.
+def _softmax_at_target_blocks(x: Tensor, target: Tensor, weight: Tensor | None, cdt: torch.dtype):
+    """``softmax(x)_y`` and ``Σ_c w_c·x_c`` per row, through a reused block buffer (in ``cdt``)."""
+    n, k = x.shape
+    rows = max(1, _BLOCK // k)
+    buf = x.new_empty(min(rows, n), k, dtype=cdt)
+    p_y, x_sum = x.new_empty(n, 1, dtype=cdt), x.new_empty(n, dtype=cdt)
+    for i in range(0, n, rows):
+        xb = x[i : i + rows]
+        p = torch.softmax(xb, 1, dtype=cdt, out=buf[: xb.shape[0]])
+        torch.gather(p, 1, target[i : i + rows, None], out=p_y[i : i + rows])
+        if weight is None:
+            torch.sum(xb, 1, dtype=cdt, out=x_sum[i : i + rows])
+        else:
+            torch.mv(xb.to(cdt), weight, out=x_sum[i : i + rows])
+    return p_y.squeeze(1), x_sum
 
-    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks.
-    (Recomputing the softmax from ``x`` is faster on CPU than ``exp_`` of the stored log-probs.)"""
-    torch.softmax(x, 1, dtype=out.dtype, out=out)
+
+def _finite_class_sums(x: Tensor, weight: Tensor | None, cdt: torch.dtype):
+    """Per row, over the classes whose logit is not ``-inf``: their count, ``Σ_c w_c`` and ``Σ_c w_c·x_c``."""
+    n, k = x.shape
+    rows = max(1, _BLOCK // k)
+    n_valid, w_sum, x_sum = (x.new_empty(n, dtype=cdt) for _ in range(3))
+    for i in range(0, n, rows):
+        valid = x[i : i + rows] != -math.inf
+        xb = x[i : i + rows].to(cdt).masked_fill(~valid, 0)
+        n_valid[i : i + rows] = valid.sum(1)
+        if weight is None:
+            x_sum[i : i + rows] = xb.sum(1)
+            w_sum[i : i + rows] = n_valid[i : i + rows]
+        else:
+            x_sum[i : i + rows] = xb @ weight
+            w_sum[i : i + rows] = valid.to(cdt) @ weight
+    return n_valid, w_sum, x_sum
+
+
+def _write_grad(out, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
+    """``out = c_soft·out - c_flat·w (valid classes only) + c_true·onehot(target)``, in place, where
+    ``out`` holds the softmax.
+
+    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks."""
     if c_flat is None:
-        out.sub_(b).mul_(c_soft[:, None])
+        if out.device.type == "cpu" and c_soft.stride(0) == 0 and c_soft.numel():
+            # one scale for every row ('sum', or 'mean' without weights): g·out - g·b in one pass
+            g = c_soft[0].item()
+            torch.add(out.new_full((), -g * b), out, alpha=g, out=out)
+        else:
+            out.sub_(b).mul_(c_soft[:, None])
     else:
         out.mul_(c_soft[:, None])
         if weight is None:
@@ -355,7 +412,11 @@ def label_smoothing_cross_entropy(
             if math.isfinite(loss.sum().item()):  # else: -inf logits, handled below
                 return loss.reshape(target.shape) if reduction == "none" else loss
         w_y = None if weight is None else weight[t] if keep is None else weight[t] * keep
-        rows = _SmoothedNLL.apply(x, t, keep, w_y, weight, eps, spread)
+        need_grad = torch.is_grad_enabled() and x.requires_grad
+        if keep is None and weight is None and reduction != "none":  # reduced inside: cheaper
+            scale = 1.0 if reduction == "sum" else 1.0 / max(x.shape[0], 1)
+            return _SmoothedNLL.apply(x, t, None, None, None, eps, spread, need_grad, scale)
+        rows = _SmoothedNLL.apply(x, t, keep, w_y, weight, eps, spread, need_grad, None)
         denom = w_y.sum() if w_y is not None else keep.sum() if keep is not None else None
         out_shape = target.shape
 

@@ -381,6 +381,104 @@ def test_index_path_saves_no_n_by_k_tensor_but_the_input():
     assert big
 
 
+def test_one_exponentiating_pass_for_forward_and_backward():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    exp_ops = {"softmax", "_softmax", "log_softmax", "_log_softmax", "_log_softmax_backward_data",
+               "_softmax_backward_data", "exp", "exp_", "logsumexp"}  # fmt: skip
+
+    class CountExpPasses(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in exp_ops:
+                self.calls.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(300, 1000, requires_grad=True)  # above _SMALL: the autograd.Function
+    t = torch.randint(0, 1000, (300,))
+    with CountExpPasses() as ours:
+        label_smoothing_cross_entropy(x, t, 0.1).backward()
+    with CountExpPasses() as torchs:  # the check can fail: torch's log_softmax + its backward
+        F.cross_entropy(x, t, label_smoothing=0.1).backward()
+    assert len(ours.calls) == 1, ours.calls
+    assert torchs.calls == ["_log_softmax", "_log_softmax_backward_data"]
+
+
+# --- the Function's internal branches -----------------------------------------------------------
+
+CASES = ["plain", "weighted_ignore", "minus_inf", "underflow"]
+
+
+def case_inputs(case, dtype=torch.float64):
+    """Logits, targets and keyword arguments that take one branch of the loss's autograd.Function."""
+    x, t, g = make((40, 7), dtype=dtype)
+    kw = {}
+    if case == "weighted_ignore":
+        kw = dict(weight=torch.rand(7, generator=g, dtype=dtype) + 0.1, ignore_index=3)
+        t[::4] = 3
+    if case == "underflow":  # confident and wrong: softmax(x)[y] is below the smallest normal float
+        x[::2].mul_(1000 if dtype == torch.float64 else 100)
+        assert (torch.softmax(x, 1).gather(1, t[:, None]) < torch.finfo(dtype).tiny).sum() >= 5
+    if case == "minus_inf":
+        t = t % 5
+        x[::3, 5:] = -INF  # its values are compared with torch by the -inf tests above
+    return x, t, kw
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_forward_without_grad_equals_forward_with_grad(case, dtype, path):
+    x, t, kw = case_inputs(case, dtype)
+    with_grad = label_smoothing_cross_entropy(x.clone().requires_grad_(), t, 0.1, reduction="none", **kw)
+    with torch.no_grad():
+        no_grad = label_smoothing_cross_entropy(x.clone().requires_grad_(), t, 0.1, reduction="none", **kw)
+    plain = label_smoothing_cross_entropy(x, t, 0.1, reduction="none", **kw)  # no input requires grad
+    assert torch.isfinite(with_grad).all()
+    assert_close(no_grad, with_grad.detach(), rtol=0, atol=0)
+    assert_close(plain, with_grad.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("weighted", [False, True], ids=["w=None", "weighted"])
+def test_rows_whose_target_probability_underflows_match_torch(dtype, weighted, path):
+    x, t, kw = case_inputs("weighted_ignore" if weighted else "plain", dtype)
+    x[::2].mul_(1000 if dtype == torch.float64 else 100)
+    assert (torch.softmax(x, 1).gather(1, t[:, None]) < torch.finfo(dtype).tiny).sum() >= 5
+    ours = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction="none", **kw)
+    theirs = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction="none", **kw)
+    assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("case", ["plain", "weighted_ignore", "underflow"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_any_upstream_gradient_matches_torch(case, reduction, path):
+    """'mean' and 'sum' hand backward one scale for all rows (a one-pass branch on CPU); 'none' with
+    random upstream gradients does not."""
+    x, t, kw = case_inputs(case)
+    upstream, grads = None, []
+    for fn, smoothing in ((label_smoothing_cross_entropy, {"eps": 0.1}), (F.cross_entropy, {"label_smoothing": 0.1})):
+        xg = x.clone().requires_grad_()
+        loss = fn(xg, t, reduction=reduction, **smoothing, **kw)
+        if upstream is None:
+            upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype) + 0.5
+        grads.append(torch.autograd.grad(loss, xg, upstream)[0])
+    assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_second_backward_recomputes_the_softmax(case, path):
+    x, t, kw = case_inputs(case)
+    x.requires_grad_()
+    loss = label_smoothing_cross_entropy(x, t, 0.1, **kw)
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)  # uses the softmax stored by forward
+    (second,) = torch.autograd.grad(loss, x)  # recomputes it
+    assert torch.isfinite(first).all()
+    assert_close(second, first, rtol=0, atol=0)
+
+
 # --- fastai compatibility -----------------------------------------------------------------------
 
 def test_fastai_attributes_and_class_axis():
