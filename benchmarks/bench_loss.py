@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -192,34 +193,57 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _sample(name, f, x, t, number, device):
-    """Seconds per call, averaged over ``number`` back-to-back calls."""
+    """(seconds, minor page faults) per call, averaged over ``number`` back-to-back calls."""
     if name == FLOOR:
         with torch.no_grad():
             _sync(device)
-            t0 = time.perf_counter()
+            f0, t0 = _minor_faults(), time.perf_counter()
             for _ in range(number):
                 f(x)
             _sync(device)
-            return (time.perf_counter() - t0) / number
+            return (time.perf_counter() - t0) / number, (_minor_faults() - f0) / number
     leaf = x.detach().requires_grad_()
     _sync(device)
-    t0 = time.perf_counter()
+    f0, t0 = _minor_faults(), time.perf_counter()
     for _ in range(number):
         loss = f(leaf, t)
         loss.backward()
         leaf.grad = None
     _sync(device)
-    return (time.perf_counter() - t0) / number
+    return (time.perf_counter() - t0) / number, (_minor_faults() - f0) / number
+
+
+def steady_malloc() -> str:
+    """Make glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    With glibc's defaults whether an N×K allocation page-faults depends on what the previous
+    implementation left on the heap (0 to ~1,400 faults per call at (512, 1000) in the same run),
+    so the times would measure the order of the round-robin as much as the losses. This applies
+    to every implementation and the floor alike; ``--malloc default`` keeps glibc's behaviour.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    ok = libc.mallopt(m_trim_threshold, 1 << 30) and libc.mallopt(m_mmap_threshold, 32 << 20)
+    if not ok:
+        raise OSError("mallopt refused the settings")
+    return "glibc mallopt: M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD 32 MiB (freed memory is reused, not unmapped)"
 
 
 def time_all(impls: dict, x, t, device, args):
-    """Round-robin timing; returns ({name: [seconds per call, ...]}, reps, {name: number})."""
+    """Round-robin timing; returns ({name: [seconds per call, ...]}, {name: [page faults per call, ...]},
+    reps, {name: number})."""
     names = list(impls)
     warm = 1 if args.quick else 3
     est = {}
     for name in names:  # warm-up calls, timed: the fastest after the first estimates one call
-        ts = [_sample(name, impls[name], x, t, 1, device) for _ in range(warm)]
+        ts = [_sample(name, impls[name], x, t, 1, device)[0] for _ in range(warm)]
         est[name] = min(ts[1:] or ts)
     min_sample = 0.2e-3 if args.quick else args.min_sample_ms * 1e-3
     number = {n: max(1, math.ceil(min_sample / max(est[n], 1e-7))) for n in names}
@@ -231,6 +255,7 @@ def time_all(impls: dict, x, t, device, args):
     else:
         reps = int(min(args.max_reps, max(args.min_reps, args.budget / max(per_rep, 1e-9))))
     samples = {n: [] for n in names}
+    faults = {n: [] for n in names}
     gc.collect()
     gc.disable()
     try:
@@ -242,10 +267,12 @@ def time_all(impls: dict, x, t, device, args):
                 break
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                samples[name].append(_sample(name, impls[name], x, t, number[name], device))
+                seconds, n_faults = _sample(name, impls[name], x, t, number[name], device)
+                samples[name].append(seconds)
+                faults[name].append(n_faults)
     finally:
         gc.enable()
-    return samples, reps, number
+    return samples, faults, reps, number
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +402,7 @@ def shape_label(name: str) -> str:
     return s if len(shape) == 2 else f"{s} → {flat}"
 
 
-def analyse(name_shape, dtype_name, x, samples, number, reps, checks, mem):
+def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, mem):
     med = {n: statistics.median(v) for n, v in samples.items()}
     q = {}
     for n, v in samples.items():
@@ -397,6 +424,7 @@ def analyse(name_shape, dtype_name, x, samples, number, reps, checks, mem):
                 "ms": med[n],
                 "iqr": q[n],
                 "calls": number[n],
+                "faults": statistics.median(faults[n]) if x.device.type == "cpu" else None,
                 "peer": med[n] / med[fastest] if fastest else None,
                 "floor": med[n] / med[FLOOR] if FLOOR in med else None,
                 "mem": mem.get(n),
@@ -451,6 +479,7 @@ def table_lines(res, markdown: bool):
         "× fastest peer",
         "× softmax floor",
         "peak extra mem (× logits)",
+        "page faults / call",
         "check vs F.cross_entropy",
     ]
     body = []
@@ -471,18 +500,19 @@ def table_lines(res, markdown: bool):
                 fmt_x(r["peer"]),
                 fmt_x(r["floor"]),
                 fmt_x(r["mem"]),
+                "–" if r["faults"] is None else f"{r['faults']:.0f}",
                 c,
             ]
         )
     if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 5 + ["---"]) + "|"]
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 6 + ["---"]) + "|"]
         out += ["| " + " | ".join(b) + " |" for b in body]
         return out
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
 
     def fmt(cells):
         pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in pairs)
+        return "  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in pairs)
 
     return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
 
@@ -521,6 +551,13 @@ def parse_args(argv=None):
         type=int,
         help="diagnostics only: call torch.set_num_threads(N) first (default: leave torch's default)",
     )
+    p.add_argument(
+        "--malloc",
+        choices=("steady", "default"),
+        default="steady",
+        help="CPU: 'steady' (default) makes glibc reuse freed memory so page faults do not depend on the "
+        "round-robin order; 'default' leaves glibc as it is",
+    )
     p.add_argument("--out", help="markdown output (default benchmarks/results/cpu.md or cuda-<gpu>.md; '-' for none)")
     p.add_argument("--_mem-child", dest="mem_child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -534,6 +571,9 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    malloc = "glibc defaults (--malloc default)"
+    if device == "cpu" and args.malloc == "steady":
+        malloc = steady_malloc()
     shapes = list(args.shapes or (CUDA_DEFAULT if device == "cuda" else CPU_DEFAULT))
     if args.full and device == "cpu" and "8x2048x32000" not in shapes:
         shapes.append("8x2048x32000")
@@ -571,6 +611,8 @@ def main(argv=None):
         f"threads: {threads}",
         f"device: {device}; eps = {EPS}; load average at start: {loadavg()}",
     ]
+    if device == "cpu":
+        header.append(f"allocator: {malloc}")
     print("\n".join(header), flush=True)
 
     mem_note = None
@@ -610,7 +652,7 @@ def main(argv=None):
                     flush=True,
                 )
             gc.collect()
-            samples, reps, number = time_all(impls, x, t, device, args)
+            samples, faults, reps, number = time_all(impls, x, t, device, args)
             mem = {}
             if do_mem:
                 if device == "cuda":
@@ -622,7 +664,7 @@ def main(argv=None):
                             {"impl": n, "shape": sname, "dtype": dtype_name, "threads": torch.get_num_threads()}
                         )
                         mem[n] = r["extra"] / r["logits"]
-            res = analyse(sname, dtype_name, x, samples, number, reps, checks, mem)
+            res = analyse(sname, dtype_name, x, samples, faults, number, reps, checks, mem)
             results.append(res)
             print(f"   {reps} reps, calls per sample: " + ", ".join(f"{n} {number[n]}" for n in number), flush=True)
             for line in table_lines(res, markdown=False):
