@@ -224,6 +224,18 @@ class _SmoothedNLL(torch.autograd.Function):
         n, k = x.shape
         cdt = _compute_dtype(x.dtype)
         a, b = _coefficients(ctx.eps, ctx.spread, k if n_valid is None else n_valid)
+        grad = ctx.work
+        if grad is not None and ctx.scale is not None and n_valid is None and not torch.is_grad_enabled():
+            # No weights, no ignored rows, one upstream scale g for all rows: g·(softmax - b) - g·a·onehot(y).
+            ctx.work = None
+            g = grad_loss * ctx.scale
+            if grad.device.type == "cpu":  # one pass instead of two (reading g costs nothing on CPU)
+                gv = g.item()
+                torch.add(grad.new_full((), -gv * b), grad, alpha=gv, out=grad)
+            else:
+                grad.sub_(b).mul_(g)
+            grad.scatter_add_(1, target[:, None], (g * -a).to(grad.dtype).expand(n, 1))
+            return grad, None, None, None, None, None, None, None, None
         g = grad_loss if ctx.scale is None else (grad_loss * ctx.scale).expand(n)
         if keep is not None:
             g = g.where(keep, 0.0)
@@ -245,7 +257,7 @@ class _SmoothedNLL(torch.autograd.Function):
             grad = grad + c_true[:, None] * F.one_hot(target, k).to(cdt)
             return grad.to(x.dtype), None, None, None, None, None, None, None, None
 
-        grad, ctx.work = ctx.work, None  # a second backward (retain_graph) recomputes the softmax
+        ctx.work = None  # a second backward (retain_graph) recomputes the softmax
         if grad is not None:
             _write_grad(grad, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
             return grad, None, None, None, None, None, None, None, None
@@ -306,12 +318,7 @@ def _write_grad(out, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
 
     ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks."""
     if c_flat is None:
-        if out.device.type == "cpu" and c_soft.stride(0) == 0 and c_soft.numel():
-            # one scale for every row ('sum', or 'mean' without weights): g·out - g·b in one pass
-            g = c_soft[0].item()
-            torch.add(out.new_full((), -g * b), out, alpha=g, out=out)
-        else:
-            out.sub_(b).mul_(c_soft[:, None])
+        out.sub_(b).mul_(c_soft[:, None])
     else:
         out.mul_(c_soft[:, None])
         if weight is None:

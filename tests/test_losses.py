@@ -476,7 +476,7 @@ def test_second_backward_recomputes_the_softmax(case, path):
     (first,) = torch.autograd.grad(loss, x, retain_graph=True)  # uses the softmax stored by forward
     (second,) = torch.autograd.grad(loss, x)  # recomputes it
     assert torch.isfinite(first).all()
-    assert_close(second, first, rtol=0, atol=0)
+    assert_close(second, first)
 
 
 # --- fastai compatibility -----------------------------------------------------------------------
