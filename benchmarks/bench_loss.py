@@ -681,6 +681,28 @@ def main(argv=None):
     return 0
 
 
+def summary_lines(results) -> list[str]:
+    """One markdown row per shape: lsmooth against the fastest peer and the floor (the README's table)."""
+    out = [
+        "| logits | lsmooth | fastest peer | ÷ fastest peer | ÷ softmax floor "
+        "| peak extra memory, lsmooth / peers' min |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        by = {r["impl"]: r for r in res["rows"]}
+        if "lsmooth" not in by:
+            continue
+        r, best = by["lsmooth"], by.get(res["fastest"])
+        peer_mem = [by[p]["mem"] for p in PEERS if p in by and by[p]["mem"] is not None]
+        mem = f"{fmt_x(r['mem'])} / {fmt_x(min(peer_mem))}" if r["mem"] is not None and peer_mem else "–"
+        out.append(
+            f"| {res['label']} {res['dtype']} | {fmt_ms(r['ms'])} ms | "
+            + (f"{fmt_ms(best['ms'])} ms ({res['fastest']}) | " if best else "– | ")
+            + f"{fmt_x(r['peer'])} | {fmt_x(r['floor'])} | {mem} |"
+        )
+    return out
+
+
 def write_markdown(args, results, header, mem_note, command, date, device, elapsed):
     lines = [f"# Label-smoothing loss benchmark: {device.upper()}", ""]
     if args.quick:
@@ -715,6 +737,7 @@ def write_markdown(args, results, header, mem_note, command, date, device, elaps
                 "The issue's sequence shape (8, 2048, 32000) is 2.1 GB of fp32 logits; on CPU the default run uses "
                 "(8, 256, 32000) instead. Run it with `--full` (CPU) or on a GPU (default there).",
             ]
+    lines += ["", "## Summary", ""] + summary_lines(results)
     for res in results:
         lines += ["", f"## {res['label']} {res['dtype']}", ""]
         lines.append(f"{res['note']}; logits {res['logits_mb']:.1f} MiB; {res['reps']} repetitions.")
