@@ -44,6 +44,8 @@ _SPREADS = ("uniform", "others")
 _BLOCK = 1 << 20
 # Up to this many logits, plain native ops beat a Python autograd.Function (per-op overhead wins).
 _SMALL = 1 << 16
+# Devices where reading a scalar back to Python costs no synchronisation (backward uses it for a one-pass update).
+_HOST_DEVICES = ("cpu",)
 # Soft targets count as distributions when every entry is >= -tol and every row sums to 1 ± tol.
 _SOFT_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _SOFT_TOL_DEFAULT = 1e-3
@@ -177,24 +179,28 @@ class _SmoothedNLL(torch.autograd.Function):
         cdt = _compute_dtype(x.dtype)
         ctx.eps, ctx.spread, ctx.scale = eps, spread, scale
         ctx.work = None
+        t1 = target[:, None]
         if need_grad and cdt == x.dtype:
             ctx.work = torch.softmax(x, 1)
-            p_y = ctx.work.gather(1, target[:, None]).squeeze(1)
-            x_sum = x.sum(1) if weight is None else x @ weight
+            p_y, x_sum = ctx.work.gather(1, t1), None  # the row sums of x only where needed, below
         else:
             p_y, x_sum = _softmax_at_target_blocks(x, target, weight, cdt)
-        x_y = x.gather(1, target[:, None]).squeeze(1).to(cdt)
+        x_y = x.gather(1, t1)
         tiny = torch.finfo(cdt).tiny
 
         if scale is not None and n > 0:
             # The summed loss Σ_rows [-a·log p_y + b·(K·lse - Σ_c x_c)] needs three sums, with
             # Σ lse = Σ x_y - Σ log p_y: one sync and no more N-sized arithmetic.
-            p_min, s_lp, s_xy, s_x = torch.stack((p_y.amin(), p_y.log().sum(), x_y.sum(), x_sum.sum())).tolist()
+            s_x = x.sum(dtype=cdt) if x_sum is None else x_sum.sum()
+            p_min, s_lp, s_xy, s_x = torch.stack((p_y.amin(), p_y.log().sum(), x_y.sum(dtype=cdt), s_x)).tolist()
             if p_min >= tiny and math.isfinite(s_x):  # else: underflow or -inf logits, per row below
                 a, b = _coefficients(eps, spread, k)
                 ctx.save_for_backward(x, target, None, None, None, None)
                 return x.new_tensor((-a * s_lp + b * (k * (s_xy - s_lp) - s_x)) * scale, dtype=cdt)
 
+        p_y, x_y = p_y.squeeze(1), x_y.squeeze(1).to(cdt)
+        if x_sum is None:
+            x_sum = x.sum(1) if weight is None else x @ weight
         lp_y = p_y.where(p_y >= tiny, 0).log_()  # underflow -> -inf, fixed below
         lse = x_y - lp_y
         n_valid = None
@@ -228,13 +234,15 @@ class _SmoothedNLL(torch.autograd.Function):
         if grad is not None and ctx.scale is not None and n_valid is None and not torch.is_grad_enabled():
             # No weights, no ignored rows, one upstream scale g for all rows: g·(softmax - b) - g·a·onehot(y).
             ctx.work = None
-            g = grad_loss * ctx.scale
-            if grad.device.type == "cpu":  # one pass instead of two (reading g costs nothing on CPU)
-                gv = g.item()
-                torch.add(grad.new_full((), -gv * b), grad, alpha=gv, out=grad)
+            if grad.device.type in _HOST_DEVICES:  # one pass instead of two (reading g costs nothing here)
+                g = grad_loss.item() * ctx.scale
+                torch.add(grad.new_full((), -g * b), grad, alpha=g, out=grad)
+                src = grad.new_full((1, 1), -g * a)
             else:
+                g = grad_loss * ctx.scale
                 grad.sub_(b).mul_(g)
-            grad.scatter_add_(1, target[:, None], (g * -a).to(grad.dtype).expand(n, 1))
+                src = (g * -a).to(grad.dtype).view(1, 1)
+            grad.scatter_add_(1, target[:, None], src.expand(n, 1))
             return grad, None, None, None, None, None, None, None, None
         g = grad_loss if ctx.scale is None else (grad_loss * ctx.scale).expand(n)
         if keep is not None:
@@ -278,7 +286,7 @@ class _SmoothedNLL(torch.autograd.Function):
 
 
 def _softmax_at_target_blocks(x: Tensor, target: Tensor, weight: Tensor | None, cdt: torch.dtype):
-    """``softmax(x)_y`` and ``Σ_c w_c·x_c`` per row, through a reused block buffer (in ``cdt``)."""
+    """``softmax(x)_y`` (N, 1) and ``Σ_c w_c·x_c`` (N,) per row, through a reused block buffer (in ``cdt``)."""
     n, k = x.shape
     rows = max(1, _BLOCK // k)
     buf = x.new_empty(min(rows, n), k, dtype=cdt)
@@ -291,7 +299,7 @@ def _softmax_at_target_blocks(x: Tensor, target: Tensor, weight: Tensor | None, 
             torch.sum(xb, 1, dtype=cdt, out=x_sum[i : i + rows])
         else:
             torch.mv(xb.to(cdt), weight, out=x_sum[i : i + rows])
-    return p_y.squeeze(1), x_sum
+    return p_y, x_sum
 
 
 def _finite_class_sums(x: Tensor, weight: Tensor | None, cdt: torch.dtype):

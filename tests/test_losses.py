@@ -468,6 +468,20 @@ def test_any_upstream_gradient_matches_torch(case, reduction, path):
     assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_accelerator_branch_of_the_scaled_backward(reduction, monkeypatch):
+    """On CUDA the backward keeps g as a tensor (no host sync); run that branch on CPU tensors."""
+    x, t, _ = make((40, 300))
+    expected = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction=reduction)
+    with code_path("function"):
+        monkeypatch.setattr(losses, "_HOST_DEVICES", ())
+        accelerator = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction=reduction)
+        monkeypatch.undo()
+        host = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction=reduction)
+    assert_close(accelerator, expected)
+    assert_close(host, expected)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_second_backward_recomputes_the_softmax(case, path):
     x, t, kw = case_inputs(case)
