@@ -38,9 +38,9 @@ __all__ = [
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SPREADS = ("uniform", "others")
-# Rows are processed in blocks of about this many logits (4 MB in fp32): each block's temporaries
-# stay in cache, no N×K buffer is allocated besides the gradient itself, and there are few enough
-# blocks that per-op overhead stays small. Measured by benchmarks/bench_loss.py.
+# Where no gradient is needed (evaluation), for 16-bit logits (float32 softmax) and for rows with
+# -inf logits, rows are processed in blocks of about this many logits (4 MB in fp32): temporaries
+# stay in cache and no N×K buffer is allocated; few enough blocks that per-op overhead stays small.
 _BLOCK = 1 << 20
 # Up to this many logits, plain native ops beat a Python autograd.Function (per-op overhead wins).
 _SMALL = 1 << 16
