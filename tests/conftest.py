@@ -13,6 +13,16 @@ from lsmooth.data import make_tiny
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_main(module, argv, capsys):
+    """``module.main(argv)`` in process -> (exit code, stdout, stderr); argparse errors exit 2."""
+    try:
+        code = module.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def pets_recipe():
     """``recipes/pets.py`` imported as module ``pets`` (recipes/ is not a package)."""

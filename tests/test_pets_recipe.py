@@ -9,18 +9,9 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_main(pets, argv, capsys):
-    """``main(argv)`` in process -> (exit code, stdout, stderr); argparse errors exit 2."""
-    try:
-        code = pets.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, *needles):

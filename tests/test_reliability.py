@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 from fastai.callback.core import Callback
 
 from lsmooth.runs import atomic_save_torch, atomic_write_json, rng_state, set_rng_state
@@ -54,15 +55,6 @@ def reference(pets_recipe, tiny_dir, tmp_path_factory) -> Path:
     """An uninterrupted run: the folder every other run here is compared with."""
     final = pets_recipe.train(tiny_cfg(pets_recipe, tiny_dir, tmp_path_factory.mktemp("ref")))
     return Path(final["run_dir"])
-
-
-def run_main(pets, argv, capsys):
-    try:
-        code = pets.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line(err: str) -> str:
