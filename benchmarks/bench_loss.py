@@ -25,6 +25,7 @@ Run ``python benchmarks/bench_loss.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import json
@@ -67,6 +68,11 @@ MEM_MIN_BYTES = 4 << 20  # CPU memory is reported only for logits at least this 
 TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (1e-2, 1e-2)}
 
 TARGET_PEER_BIG, TARGET_PEER_SMALL, TARGET_FLOOR = 0.8, 1.0, 2.5
+CACHE_NOTE = {
+    "warm": "warm (each sample starts with one untimed call of the same implementation)",
+    "cold": "cold (64 MiB written before every timed call, one call per sample)",
+    "as-is": "as left by the previous implementation (no untimed call before a sample)",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,25 +203,50 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _sample(name, f, x, t, number, device):
-    """(seconds, minor page faults) per call, averaged over ``number`` back-to-back calls."""
+_EVICT = None
+
+
+def _evict_caches():
+    """Write 64 MiB (more than this machine's caches) so the next call starts cold, as a loss call
+    does in training after the model's forward pass."""
+    global _EVICT
+    if _EVICT is None:
+        _EVICT = torch.empty(64 << 20, dtype=torch.uint8)
+    _EVICT.add_(1)
+
+
+def _call(name, f, x, leaf, t):
     if name == FLOOR:
-        with torch.no_grad():
+        f(x)
+    else:
+        f(leaf, t).backward()
+        leaf.grad = None
+
+
+def _sample(name, f, x, t, number, device, cache="warm"):
+    """(seconds, minor page faults) per call, averaged over ``number`` calls.
+
+    ``cache``: 'warm' makes one untimed call first, then times ``number`` back-to-back calls;
+    'as-is' times them straight after whatever ran before; 'cold' evicts the caches (untimed)
+    before each call and times the calls one by one.
+    """
+    leaf = x.detach().requires_grad_()
+    with torch.no_grad() if name == FLOOR else contextlib.nullcontext():
+        if cache == "warm":
+            _call(name, f, x, leaf, t)
+        seconds, faults = 0.0, 0
+        batches, calls = (number, 1) if cache == "cold" else (1, number)
+        for _batch in range(batches):
+            if cache == "cold":
+                _evict_caches()
             _sync(device)
             f0, t0 = _minor_faults(), time.perf_counter()
-            for _ in range(number):
-                f(x)
+            for _call_index in range(calls):
+                _call(name, f, x, leaf, t)
             _sync(device)
-            return (time.perf_counter() - t0) / number, (_minor_faults() - f0) / number
-    leaf = x.detach().requires_grad_()
-    _sync(device)
-    f0, t0 = _minor_faults(), time.perf_counter()
-    for _ in range(number):
-        loss = f(leaf, t)
-        loss.backward()
-        leaf.grad = None
-    _sync(device)
-    return (time.perf_counter() - t0) / number, (_minor_faults() - f0) / number
+            seconds += time.perf_counter() - t0
+            faults += _minor_faults() - f0
+    return seconds / number, faults / number
 
 
 def steady_malloc() -> str:
@@ -247,6 +278,8 @@ def time_all(impls: dict, x, t, device, args):
         est[name] = min(ts[1:] or ts)
     min_sample = 0.2e-3 if args.quick else args.min_sample_ms * 1e-3
     number = {n: max(1, math.ceil(min_sample / max(est[n], 1e-7))) for n in names}
+    if args.cache == "cold":  # every call is timed on its own after an eviction
+        number = dict.fromkeys(names, 1)
     per_rep = sum(number[n] * est[n] for n in names)
     if args.reps:
         reps = args.reps
@@ -267,7 +300,7 @@ def time_all(impls: dict, x, t, device, args):
                 break
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                seconds, n_faults = _sample(name, impls[name], x, t, number[name], device)
+                seconds, n_faults = _sample(name, impls[name], x, t, number[name], device, args.cache)
                 samples[name].append(seconds)
                 faults[name].append(n_faults)
     finally:
@@ -552,6 +585,13 @@ def parse_args(argv=None):
         help="diagnostics only: call torch.set_num_threads(N) first (default: leave torch's default)",
     )
     p.add_argument(
+        "--cache",
+        choices=("warm", "cold", "as-is"),
+        default="warm",
+        help="'warm' (default): each sample starts with one untimed call; 'cold': caches evicted before every "
+        "call, as in training; 'as-is': samples start right after the previous implementation's",
+    )
+    p.add_argument(
         "--malloc",
         choices=("steady", "default"),
         default="steady",
@@ -611,6 +651,7 @@ def main(argv=None):
         f"threads: {threads}",
         f"device: {device}; eps = {EPS}; load average at start: {loadavg()}",
     ]
+    header.append(f"caches: {CACHE_NOTE[args.cache]}")
     if device == "cpu":
         header.append(f"allocator: {malloc}")
     print("\n".join(header), flush=True)
