@@ -7,6 +7,7 @@ unless stated; float32 ones its float32 defaults (rtol 1.3e-6, atol 1e-5).
 import contextlib
 import math
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -491,6 +492,19 @@ def test_second_backward_recomputes_the_softmax(case, path):
     (second,) = torch.autograd.grad(loss, x)  # recomputes it
     assert torch.isfinite(first).all()
     assert_close(second, first)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_works_inside_torch_compile(backend, path):
+    """Compiled training steps call the loss too: it graph-breaks at its syncs and stays exact."""
+    x, t, _ = make((300, 300))
+    loss_fn = LabelSmoothingCrossEntropy(0.1)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, t: loss_fn(x, t), backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo's notes about graph breaks
+        ours = value_and_grad(compiled, x, t)
+    assert_close(ours, value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1))
 
 
 # --- fastai compatibility -----------------------------------------------------------------------
