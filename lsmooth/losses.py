@@ -182,7 +182,7 @@ class _SmoothedNLL(torch.autograd.Function):
         t1 = target[:, None]
         reduced = scale is not None and n > 0
         if need_grad and cdt == x.dtype:
-            # The sum of x before the softmax: measured faster than after it (cache and thread wake-up).
+            # x summed before the softmax, not after: measured faster (x is then still in cache for the softmax).
             x_sum = x.sum(dtype=cdt) if reduced else x.sum(1) if weight is None else x @ weight
             ctx.work = torch.softmax(x, 1)
             p_y = ctx.work.gather(1, t1)
