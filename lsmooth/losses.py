@@ -44,7 +44,7 @@ _SPREADS = ("uniform", "others")
 _BLOCK = 1 << 20
 # Up to this many logits, plain native ops beat a Python autograd.Function (per-op overhead wins).
 _SMALL = 1 << 16
-# Devices where reading a scalar back to Python costs no synchronisation (backward uses it for a one-pass update).
+# Devices where reading a number back to Python needs no synchronisation (backward uses one for a one-pass update).
 _HOST_DEVICES = ("cpu",)
 # Soft targets count as distributions when every entry is >= -tol and every row sums to 1 ± tol.
 _SOFT_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -235,18 +235,14 @@ class _SmoothedNLL(torch.autograd.Function):
         cdt = _compute_dtype(x.dtype)
         a, b = _coefficients(ctx.eps, ctx.spread, k if n_valid is None else n_valid)
         grad = ctx.work
-        if grad is not None and ctx.scale is not None and n_valid is None and not torch.is_grad_enabled():
-            # No weights, no ignored rows, one upstream scale g for all rows: g·(softmax - b) - g·a·onehot(y).
+        fast = grad is not None and ctx.scale is not None and n_valid is None and not torch.is_grad_enabled()
+        if fast and grad.device.type in _HOST_DEVICES:
+            # No weights, no ignored rows, one upstream scale g for all rows, read as a number (free on
+            # the host): g·(softmax - b) - g·a·onehot(y) in one pass instead of _write_grad's two.
             ctx.work = None
-            if grad.device.type in _HOST_DEVICES:  # one pass instead of two (reading g costs nothing here)
-                g = grad_loss.item() * ctx.scale
-                torch.add(grad.new_full((), -g * b), grad, alpha=g, out=grad)
-                src = grad.new_full((1, 1), -g * a)
-            else:
-                g = grad_loss * ctx.scale
-                grad.sub_(b).mul_(g)
-                src = (g * -a).to(grad.dtype).view(1, 1)
-            grad.scatter_add_(1, target[:, None], src.expand(n, 1))
+            g = grad_loss.item() * ctx.scale
+            torch.add(grad.new_full((), -g * b), grad, alpha=g, out=grad)
+            grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), -g * a).expand(n, 1))
             return grad, None, None, None, None, None, None, None, None
         g = grad_loss if ctx.scale is None else (grad_loss * ctx.scale).expand(n)
         if keep is not None:

@@ -471,7 +471,7 @@ def test_any_upstream_gradient_matches_torch(case, reduction, path):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_accelerator_branch_of_the_scaled_backward(reduction, monkeypatch):
-    """On CUDA the backward keeps g as a tensor (no host sync); run that branch on CPU tensors."""
+    """On CUDA the backward keeps g as a tensor (no host sync, the general path); run that on CPU tensors."""
     x, t, _ = make((40, 300))
     expected = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction=reduction)
     with code_path("function"):
