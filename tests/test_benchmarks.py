@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -33,13 +34,15 @@ def test_check_excludes_a_wrong_implementation():
     assert not checks["wrong eps"][0] and not checks["no smoothing"][0]
 
 
-def test_quick_run_writes_summary_and_verdicts(tmp_path):
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_quick_run_writes_summary_and_verdicts(cache, tmp_path):
     out = tmp_path / "cpu.md"
-    argv = ["--quick", "--shapes", "64x37", "512x1000", "--no-memory", "--out", str(out)]
+    argv = ["--quick", "--shapes", "64x37", "512x1000", "--no-memory", "--cache", cache, "--out", str(out)]
     res = subprocess.run([sys.executable, str(BENCH), *argv], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     text = out.read_text()
     assert "Quick smoke run" in text and "allocator: glibc mallopt" in text
+    assert f"caches: {cache}" in text
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in summary.splitlines() if line.startswith("| (")]
     assert [r.split(" | ")[0] for r in rows] == ["| (64, 37) fp32", "| (512, 1000) fp32"]
