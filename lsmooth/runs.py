@@ -23,6 +23,12 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "ENV_FILE",
+    "FINAL_FILE",
+    "METRICS_FILE",
+    "PREDS_FILE",
     "atomic_save_torch",
     "atomic_write_bytes",
     "atomic_write_csv",
@@ -34,6 +40,15 @@ __all__ = [
     "rng_state",
     "set_rng_state",
 ]
+
+# The files of a run folder: one name each, shared by the writer (lsmooth.train) and every reader
+# (sweeps, summaries, notebooks, tests).
+CONFIG_FILE = "config.json"  # every setting of the run, resolved
+ENV_FILE = "env.json"  # versions, device, threads, git commit
+METRICS_FILE = "metrics.csv"  # one row per finished epoch
+FINAL_FILE = "final.json"  # final metrics; its presence means the run finished
+PREDS_FILE = "valid_preds.pt"  # {"probs": (N, K) float32, "targets": (N,) int64} on the validation set
+CHECKPOINT_FILE = "checkpoint.pth"  # replaced after each epoch, removed when the run finishes
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:
