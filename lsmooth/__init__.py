@@ -4,7 +4,7 @@ from lsmooth.losses import (
     LabelSmoothingBCEWithLogits,
     LabelSmoothingCrossEntropy,
     LabelSmoothingCrossEntropyFlat,
-    linear_combination,
+    label_smoothing_cross_entropy,
     reduce_loss,
     smooth_targets,
 )
@@ -23,7 +23,7 @@ __all__ = [
     "LabelSmoothingBCEWithLogits",
     "LabelSmoothingCrossEntropy",
     "LabelSmoothingCrossEntropyFlat",
-    "linear_combination",
+    "label_smoothing_cross_entropy",
     "reduce_loss",
     "smooth_targets",
 ]

@@ -1,6 +1,7 @@
 """Label-smoothing losses for PyTorch and fastai, in one file that imports only torch.
 
-Copy this file into your project if you like: it needs nothing but ``torch`` (2.4 or newer).
+Copy this file into your project if you like: it needs nothing but ``torch`` (2.4 or newer). In
+the lsmooth package it also uses ``fused.py``, a one-softmax CPU path for large inputs, when present.
 
 Notation: ``K`` classes, smoothing ``eps`` (ε), ``l_c = -log softmax(x)_c``, ``y`` the target class.
 
@@ -14,7 +15,17 @@ Conventions (``spread``)
 
 Per row the loss is ``Σ_c q_c·w_c·l_c`` (``w`` the optional class weights), which for index
 targets is ``a·w_y·l_y + b·Σ_c w_c·l_c`` with ``(a, b) = (1-ε, ε/K)`` for ``'uniform'`` and
-``(1-ε-ε/(K-1), ε/(K-1))`` for ``'others'``.
+``(1-ε-ε/(K-1), ε/(K-1))`` for ``'others'``. Shapes: logits (N, K) or (N, K, d1, ...), class axis
+1; targets class indices (N, d1, ...) or probabilities with the logits' shape.
+
+Host reads. On the CPU, outside ``torch.compile``, reading a tensor value into Python costs
+nothing, and the loss does so: to name a bad target in a ``ValueError``, and to skip work the
+values make unnecessary (the ignore mask when no target can be ignored; the ``-inf`` masks when
+the unmasked result is finite). Anywhere else (CUDA, meta, compiled) it reads nothing: every
+value-dependent choice is made on the device with masks, so forward and backward never wait for
+the device and the loss compiles with ``fullgraph=True``. Bad targets there are left to PyTorch,
+as ``F.cross_entropy`` does: a class index out of range trips ``nll_loss``'s device-side assert;
+soft targets that are not distributions and BCE targets outside [0, 1] are not checked.
 """
 
 from __future__ import annotations
@@ -25,43 +36,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+try:  # lsmooth's one-softmax path for large CPU inputs; this file works without it
+    from .fused import fused_smoothed_nll
+except ImportError:
+    fused_smoothed_nll = None
+
 __all__ = [
     "LabelSmoothingBCEWithLogits",
     "LabelSmoothingCrossEntropy",
     "LabelSmoothingCrossEntropyFlat",
     "label_smoothing_cross_entropy",
     "label_smoothing_cross_entropy_reference",
-    "linear_combination",
     "reduce_loss",
     "smooth_targets",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SPREADS = ("uniform", "others")
-# Where no gradient is needed (evaluation), for 16-bit logits (float32 softmax) and for rows with
-# -inf logits, rows are processed in blocks of about this many logits (4 MB in fp32): temporaries
-# stay in cache and no N×K buffer is allocated; few enough blocks that per-op overhead stays small.
-_BLOCK = 1 << 20
-# Up to this many logits, plain native ops beat a Python autograd.Function (per-op overhead wins).
-_SMALL = 1 << 16
-# Devices where reading a number back to Python needs no synchronisation (backward uses one for a one-pass update).
-_HOST_DEVICES = ("cpu",)
 # Soft targets count as distributions when every entry is >= -tol and every row sums to 1 ± tol.
 _SOFT_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
 _SOFT_TOL_DEFAULT = 1e-3
 
 
-def reduce_loss(loss: Tensor, reduction: str = "mean") -> Tensor:
-    """Reduce per-item losses with ``'mean'``, ``'sum'`` or ``'none'`` (fastai's helper)."""
+def _host_reads_ok(x: Tensor) -> bool:
+    """Whether reading values of ``x`` into Python is free: on the CPU and not being compiled."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def reduce_loss(loss: Tensor, reduction: str = "mean", denom: Tensor | None = None) -> Tensor:
+    """Reduce per-item losses with ``'mean'``, ``'sum'`` or ``'none'`` (fastai's helper).
+
+    ``'mean'`` divides the sum by ``denom`` (e.g. PyTorch's ``Σ w_y`` over the rows not ignored),
+    by default the number of items. An empty batch or a zero ``denom`` gives 0 with zero gradient,
+    where ``Tensor.mean`` gives NaN; decided on the device, without reading ``denom``.
+    """
     _check_choice("reduction", reduction, _REDUCTIONS)
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
-
-
-def linear_combination(x, y, eps: float):
-    """``eps·x + (1-eps)·y`` (fastai's helper)."""
-    return eps * x + (1 - eps) * y
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if denom is None:
+        return total / max(loss.numel(), 1)
+    nonzero = denom != 0
+    return torch.where(nonzero, total / denom.where(nonzero, 1), 0.0)
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:
@@ -96,6 +114,48 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _index_target(target: Tensor) -> Tensor:
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise ValueError(
+            f"index targets must have an integer dtype, got {target.dtype}; soft targets must be "
+            "floating point with the logits' shape"
+        )
+    return target.long()
+
+
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None) -> bool:
+    """Host only: raise a ValueError naming a class index outside ``[0, num_classes)`` (other than
+    ``ignore_index``); return whether some target may equal ``ignore_index``."""
+    if target.numel() == 0:
+        return False
+    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
+    if 0 <= lo and hi < num_classes:
+        return ignore_index is not None and lo <= ignore_index <= hi
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bad.any():
+        where = tuple(bad.nonzero()[0].tolist())
+        also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(
+            f"target has class index {target[where].item()} at position {where}; "
+            f"class indices must be in [0, {num_classes}){also}"
+        )
+    return True
+
+
+def _check_soft_target(target: Tensor) -> None:
+    tol = _SOFT_TOL.get(target.dtype, _SOFT_TOL_DEFAULT)
+    sums = target.sum(1, dtype=torch.float32)
+    bad = (target.amin(1) < -tol) | ((sums - 1).abs() > tol)
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
+            f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}"
+        )
+
+
 def smooth_targets(
     target: Tensor, num_classes: int, eps: float = 0.1, spread: str = "uniform", *, dtype: torch.dtype | None = None
 ) -> Tensor:
@@ -111,236 +171,52 @@ def smooth_targets(
     _check_choice("spread", spread, _SPREADS)
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
-    target, _ = _check_index_target(target, num_classes, ignore_index=None)
+    target = _index_target(target)
+    if _host_reads_ok(target):
+        _check_range(target, num_classes, ignore_index=None)
     a, b = _coefficients(eps, spread, num_classes)
-    dense = F.one_hot(target, num_classes).to(dtype or torch.get_default_dtype()) * a + b
-    return dense.movedim(-1, 1) if dense.dim() > 2 else dense
+    q = torch.full((*target.shape, num_classes), b, dtype=dtype or torch.get_default_dtype(), device=target.device)
+    q.scatter_(-1, target[..., None], a + b)
+    return q.movedim(-1, 1) if q.dim() > 2 else q
 
 
-def _check_index_target(target: Tensor, num_classes: int, ignore_index: int | None) -> tuple[Tensor, bool]:
-    """Class indices as int64, checked; and whether some of them may equal ``ignore_index``."""
-    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise ValueError(
-            f"index targets must have an integer dtype, got {target.dtype}; soft targets must be "
-            "floating point with the logits' shape"
-        )
-    target = target.long()
-    if target.numel() == 0:
-        return target, False
-    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
-    if 0 <= lo and hi < num_classes:
-        return target, ignore_index is not None and lo <= ignore_index <= hi
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
-    if bad.any():
-        where = bad.nonzero()[0]
-        value = target[tuple(where)].item()
-        also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-        raise ValueError(
-            f"target has class index {value} at position {tuple(where.tolist())}; "
-            f"class indices must be in [0, {num_classes}){also}"
-        )
-    return target, True
+def _index_rows(x, t, eps, weight, spread, ignore_index, keep, masked):
+    """Per-row loss for class indices: ``a·w_y·l_y + b·Σ_c w_c·l_c``, 0 where ``keep`` is False.
 
-
-def _check_soft_target(target: Tensor) -> None:
-    tol = _SOFT_TOL.get(target.dtype, _SOFT_TOL_DEFAULT)
-    sums = target.sum(1, dtype=torch.float32)
-    bad = (target.amin(1) < -tol) | ((sums - 1).abs() > tol)
-    if bad.any():
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
-            f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}"
-        )
-
-
-class _SmoothedNLL(torch.autograd.Function):
-    """Smoothed NLL for index targets, without materialising any N×K target.
-
-    The softmax is computed once, in forward, and kept: backward turns it into the gradient in
-    place. The loss needs only ``log p_y`` and ``Σ_c w_c·log p_c = Σ_c w_c·x_c - lse·Σ_c w_c``:
-    ``log p_y`` is read off the softmax and ``lse = x_y - log p_y``; rows where ``p_y``
-    underflows get ``lse`` from ``logsumexp`` instead. Backward writes
-    ``g·(S·softmax(x) - b·w) - g·a·w_y·onehot(y)``, where ``S = a·w_y + b·Σ_c w_c`` is the row's
-    total target weight (1 without weights). Logits of ``-inf`` are left out of the uniform term
-    (per row ``K`` becomes the number of finite logits). ``keep`` (rows not ignored) and ``w_y``
-    (weight of each row's target) may be None.
-
-    Without ``need_grad``, and for 16-bit logits, the softmax goes into a reused float32 block
-    buffer instead (backward then recomputes it block by block). With ``scale`` (only without
-    weights or ignored rows) forward returns the rows' losses summed and multiplied by ``scale``.
+    With ``masked``, classes whose logit is ``-inf`` are left out of the uniform term (per row,
+    ``K`` is the number of finite logits); without, such a row comes out non-finite.
     """
-
-    @staticmethod
-    def forward(ctx, x, target, keep, w_y, weight, eps, spread, need_grad, scale):
-        n, k = x.shape
-        cdt = _compute_dtype(x.dtype)
-        ctx.eps, ctx.spread, ctx.scale = eps, spread, scale
-        ctx.work = None
-        t1 = target[:, None]
-        reduced = scale is not None and n > 0
-        if need_grad and cdt == x.dtype:
-            # x summed before the softmax, not after: measured faster (x is then still in cache for the softmax).
-            x_sum = x.sum(dtype=cdt) if reduced else x.sum(1) if weight is None else x @ weight
-            ctx.work = torch.softmax(x, 1)
-            p_y = ctx.work.gather(1, t1)
-        else:
-            p_y, x_sum = _softmax_at_target_blocks(x, target, weight, cdt)
-            if reduced:
-                x_sum = x_sum.sum()
-        x_y = x.gather(1, t1)
-        tiny = torch.finfo(cdt).tiny
-
-        if reduced:
-            # The summed loss Σ_rows [-a·log p_y + b·(K·lse - Σ_c x_c)] needs three sums, with
-            # Σ lse = Σ x_y - Σ log p_y: one sync and no more N-sized arithmetic.
-            p_min, s_lp, s_xy, s_x = torch.stack((p_y.amin(), p_y.log().sum(), x_y.sum(dtype=cdt), x_sum)).tolist()
-            if p_min >= tiny and math.isfinite(s_x):  # else: underflow or -inf logits, per row below
-                a, b = _coefficients(eps, spread, k)
-                ctx.save_for_backward(x, target, None, None, None, None)
-                return x.new_tensor((-a * s_lp + b * (k * (s_xy - s_lp) - s_x)) * scale, dtype=cdt)
-
-        p_y, x_y = p_y.squeeze(1), x_y.squeeze(1).to(cdt)
-        if reduced:  # rare: redo the row sums that the reduced path summed up
-            x_sum = x.sum(1, dtype=cdt)
-        lp_y = p_y.where(p_y >= tiny, 0).log_()  # underflow -> -inf, fixed below
-        lse = x_y - lp_y
-        n_valid = None
-        w_sum = k if weight is None else weight.sum()
-        if not math.isfinite(lse.sum().add_(x_sum.sum()).item()):
-            # p_y underflowed (or the target itself is impossible): those rows' lse from logsumexp
-            bad = ~lse.isfinite()
-            if bad.any():
-                lse[bad] = torch.logsumexp(x[bad].to(cdt), 1)
-                lp_y[bad] = x_y[bad] - lse[bad]
-            # A -inf logit marks an impossible class: redo the sums with those classes left out.
-            if not math.isfinite(x_sum.sum().item()):
-                n_valid, w_sum, x_sum = _finite_class_sums(x, weight, cdt)
-        a, b = _coefficients(eps, spread, k if n_valid is None else n_valid)
-        lp_sum = x_sum.sub_(lse.mul_(w_sum))
-        if w_y is not None:
-            lp_y = lp_y.mul_(w_y)
-        loss = lp_y.mul_(-a).sub_(lp_sum, alpha=b) if n_valid is None else -(a * lp_y + b * lp_sum)
-        if keep is not None:
-            loss = loss.where(keep, 0.0)
-        ctx.save_for_backward(x, target, keep, w_y, weight, n_valid)
-        return loss if scale is None else loss.sum() * scale
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        x, target, keep, w_y, weight, n_valid = ctx.saved_tensors
-        n, k = x.shape
-        cdt = _compute_dtype(x.dtype)
-        a, b = _coefficients(ctx.eps, ctx.spread, k if n_valid is None else n_valid)
-        grad = ctx.work
-        fast = grad is not None and ctx.scale is not None and n_valid is None and not torch.is_grad_enabled()
-        if fast and grad.device.type in _HOST_DEVICES:
-            # No weights, no ignored rows, one upstream scale g for all rows, read as a number (free on
-            # the host): g·(softmax - b) - g·a·onehot(y) in one pass instead of _write_grad's two.
-            ctx.work = None
-            g = grad_loss.item() * ctx.scale
-            torch.add(grad.new_full((), -g * b), grad, alpha=g, out=grad)
-            grad.scatter_add_(1, target[:, None], grad.new_full((1, 1), -g * a).expand(n, 1))
-            return grad, None, None, None, None, None, None, None, None
-        g = grad_loss if ctx.scale is None else (grad_loss * ctx.scale).expand(n)
-        if keep is not None:
-            g = g.where(keep, 0.0)
-        valid = None if n_valid is None else x != -math.inf
-        c_true = g * -a if w_y is None else g * w_y * -a
-        if weight is None and n_valid is None:
-            c_soft, c_flat = g, None  # the smoothed target sums to 1; its uniform part is g·b
-        else:
-            w_sum = (n_valid if weight is None else valid.to(cdt) @ weight) if n_valid is not None else weight.sum()
-            c_soft = g * (a * (1.0 if w_y is None else w_y) + b * w_sum)
-            c_flat = g * b
-
-        if torch.is_grad_enabled():  # create_graph=True: build the gradient from differentiable ops
-            ctx.work = None
-            flat = (g * b if c_flat is None else c_flat)[:, None] * (weight if weight is not None else 1.0)
-            if valid is not None:
-                flat = flat * valid
-            grad = c_soft[:, None] * torch.softmax(x, 1, dtype=cdt) - flat
-            grad = grad + c_true[:, None] * F.one_hot(target, k).to(cdt)
-            return grad.to(x.dtype), None, None, None, None, None, None, None, None
-
-        ctx.work = None  # a second backward (retain_graph) recomputes the softmax
-        if grad is not None:
-            _write_grad(grad, target[:, None], c_soft, c_flat, c_true, b, weight, valid)
-            return grad, None, None, None, None, None, None, None, None
-        grad = torch.empty_like(x)
-        rows = max(1, _BLOCK // k)
-        buf = grad if cdt == x.dtype else x.new_empty(min(rows, n), k, dtype=cdt)
-        for i in range(0, n, rows):
-            j = min(i + rows, n)
-            gb = buf[i:j] if buf is grad else buf[: j - i]
-            torch.softmax(x[i:j], 1, dtype=cdt, out=gb)
-            _write_grad(
-                gb, target[i:j, None], c_soft[i:j], None if c_flat is None else c_flat[i:j],
-                c_true[i:j], b, weight, None if valid is None else valid[i:j],
-            )  # fmt: skip
-            if buf is not grad:
-                grad[i:j] = gb
-        return grad, None, None, None, None, None, None, None, None
+    logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
+    nll = F.nll_loss(logp, t, weight, ignore_index=ignore_index, reduction="none")  # w_y·l_y
+    n_classes = x.shape[1]
+    if masked:
+        possible = logp != -math.inf
+        logp = logp.where(possible, 0)
+        n_classes = possible.sum(1, dtype=logp.dtype)
+    a, b = _coefficients(eps, spread, n_classes)
+    rows = a * nll - b * (logp.sum(1) if weight is None else logp @ weight)
+    return rows if keep is None else rows.where(keep, 0)
 
 
-def _softmax_at_target_blocks(x: Tensor, target: Tensor, weight: Tensor | None, cdt: torch.dtype):
-    """``softmax(x)_y`` (N, 1) and ``Σ_c w_c·x_c`` (N,) per row, through a reused block buffer (in ``cdt``)."""
-    n, k = x.shape
-    rows = max(1, _BLOCK // k)
-    buf = x.new_empty(min(rows, n), k, dtype=cdt)
-    p_y, x_sum = x.new_empty(n, 1, dtype=cdt), x.new_empty(n, dtype=cdt)
-    for i in range(0, n, rows):
-        xb = x[i : i + rows]
-        p = torch.softmax(xb, 1, dtype=cdt, out=buf[: xb.shape[0]])
-        torch.gather(p, 1, target[i : i + rows, None], out=p_y[i : i + rows])
-        if weight is None:
-            torch.sum(xb, 1, dtype=cdt, out=x_sum[i : i + rows])
-        else:
-            torch.mv(xb.to(cdt), weight, out=x_sum[i : i + rows])
-    return p_y, x_sum
-
-
-def _finite_class_sums(x: Tensor, weight: Tensor | None, cdt: torch.dtype):
-    """Per row, over the classes whose logit is not ``-inf``: their count, ``Σ_c w_c`` and ``Σ_c w_c·x_c``."""
-    n, k = x.shape
-    rows = max(1, _BLOCK // k)
-    n_valid, w_sum, x_sum = (x.new_empty(n, dtype=cdt) for _ in range(3))
-    for i in range(0, n, rows):
-        valid = x[i : i + rows] != -math.inf
-        xb = x[i : i + rows].to(cdt).masked_fill(~valid, 0)
-        n_valid[i : i + rows] = valid.sum(1)
-        if weight is None:
-            x_sum[i : i + rows] = xb.sum(1)
-            w_sum[i : i + rows] = n_valid[i : i + rows]
-        else:
-            x_sum[i : i + rows] = xb @ weight
-            w_sum[i : i + rows] = valid.to(cdt) @ weight
-    return n_valid, w_sum, x_sum
-
-
-def _write_grad(out, target, c_soft, c_flat, c_true, b, weight, valid) -> None:
-    """``out = c_soft·out - c_flat·w (valid classes only) + c_true·onehot(target)``, in place, where
-    ``out`` holds the softmax.
-
-    ``c_flat=None`` means ``c_flat = c_soft·b`` with a scalar ``b`` and no weights or masks."""
-    if c_flat is None:
-        out.sub_(b).mul_(c_soft[:, None])
+def _soft_rows(x, q, eps, weight, spread, masked):
+    """Per-row loss for probability targets: ``-Σ_c w_c·(a·q_c + b)·log p_c``; ``masked`` as above."""
+    logp = torch.log_softmax(x, 1, dtype=q.dtype)
+    wq = q if weight is None else q * weight
+    n_classes = x.shape[1]
+    if masked:
+        possible = logp != -math.inf
+        target_term = torch.where(wq != 0, wq * logp, 0).sum(1)  # an impossible class without target mass costs 0
+        logp = logp.where(possible, 0)
+        n_classes = possible.sum(1, dtype=logp.dtype)
     else:
-        out.mul_(c_soft[:, None])
-        if weight is None:
-            out.sub_(c_flat[:, None])
-        else:
-            out.addcmul_(c_flat[:, None], weight, value=-1)
-        if valid is not None:
-            out.masked_fill_(~valid, 0)
-    out.scatter_add_(1, target, c_true[:, None])
+        target_term = (wq * logp).sum(1)
+    a, b = _coefficients(eps, spread, n_classes)
+    return -(a * target_term + b * (logp.sum(1) if weight is None else logp @ weight))
 
 
 def _flatten_classes(x: Tensor) -> Tensor:
-    """(N, K, d1, ...) -> (N·d1·..., K), rows contiguous."""
-    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x.contiguous()
+    """(N, K, d1, ...) -> (N·d1·..., K)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x
 
 
 def _check_input(input: Tensor, weight: Tensor | None) -> int:
@@ -386,7 +262,7 @@ def label_smoothing_cross_entropy(
       with zero gradients.
 
     16-bit logits are accumulated in float32 and the loss is float32; gradients have the logits'
-    dtype. Index targets never materialise an N×K one-hot or smoothed target.
+    dtype. No N×K one-hot or smoothed target is built for index targets.
     """
     _check_choice("reduction", reduction, _REDUCTIONS)
     _check_choice("spread", spread, _SPREADS)
@@ -395,86 +271,48 @@ def label_smoothing_cross_entropy(
     # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
     input = input if type(input) is Tensor else input.as_subclass(Tensor)
     target = target if type(target) is Tensor else target.as_subclass(Tensor)
-    cdt = _compute_dtype(input.dtype)
     if weight is not None:
-        weight = weight.to(device=input.device, dtype=cdt)
+        weight = weight.to(device=input.device, dtype=_compute_dtype(input.dtype))
     x = _flatten_classes(input)
+    host = _host_reads_ok(x)
 
     if target.is_floating_point() and target.dim() > 1:
         if target.shape != input.shape:
             raise ValueError(
                 f"soft target has shape {tuple(target.shape)}; it must match the logits' shape {tuple(input.shape)}"
             )
-        q = _flatten_classes(target)
-        _check_soft_target(q)
-        rows = _soft_rows(x, q.to(cdt), eps, weight, spread)
-        denom = None
-        out_shape = input.shape[:1] + input.shape[2:]
+        q = _flatten_classes(target).to(_compute_dtype(input.dtype))
+        if host:
+            _check_soft_target(q)
+        out_shape, denom = input.shape[:1] + input.shape[2:], None
+
+        def rows(masked: bool) -> Tensor:
+            return _soft_rows(x, q, eps, weight, spread, masked)
     else:
-        expected = input.shape[:1] + input.shape[2:]
-        if target.shape != expected:
+        out_shape = input.shape[:1] + input.shape[2:]
+        if target.shape != out_shape:
             raise ValueError(
                 f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
-                f"class indices of shape {tuple(expected)} or probabilities of shape {tuple(input.shape)}"
+                f"class indices of shape {tuple(out_shape)} or probabilities of shape {tuple(input.shape)}"
             )
-        t, some_ignored = _check_index_target(target, k, ignore_index)
-        t, keep = t.reshape(-1), None
-        if some_ignored:
-            keep = t != ignore_index
-            t = t.where(keep, 0)
-        if keep is None and weight is None and 0 < x.numel() <= _SMALL:
-            loss = _small_unweighted(x, t, eps, spread, reduction, cdt)
-            if math.isfinite(loss.sum().item()):  # else: -inf logits, handled below
-                return loss.reshape(target.shape) if reduction == "none" else loss
-        w_y = None if weight is None else weight[t] if keep is None else weight[t] * keep
-        need_grad = torch.is_grad_enabled() and x.requires_grad
-        if keep is None and weight is None and reduction != "none":  # reduced inside: cheaper
-            scale = 1.0 if reduction == "sum" else 1.0 / max(x.shape[0], 1)
-            return _SmoothedNLL.apply(x, t, None, None, None, eps, spread, need_grad, scale)
-        rows = _SmoothedNLL.apply(x, t, keep, w_y, weight, eps, spread, need_grad, None)
-        denom = w_y.sum() if w_y is not None else keep.sum() if keep is not None else None
-        out_shape = target.shape
+        t = _index_target(target).reshape(-1)
+        some_ignored = _check_range(t, k, ignore_index) if host else True
+        if host and not some_ignored and weight is None and fused_smoothed_nll is not None:
+            loss = fused_smoothed_nll(x, t, *_coefficients(eps, spread, k), reduction)
+            if loss is not None:  # None: not worth it here, or p_y underflows / a -inf logit
+                return loss
+        keep = t != ignore_index if some_ignored else None
+        safe_t = t if keep is None else t.where(keep, 0)
+        w_y = None if weight is None else weight[safe_t] if keep is None else weight[safe_t] * keep
+        denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
 
-    if reduction == "none":
-        return rows.reshape(out_shape)
-    if reduction == "sum":
-        return rows.sum()
-    if denom is None:  # every row counts once
-        return rows.mean() if rows.numel() else rows.sum()
-    return torch.where(denom != 0, rows.sum() / denom.where(denom != 0, 1), 0.0)
+        def rows(masked: bool) -> Tensor:
+            return _index_rows(x, t, eps, weight, spread, ignore_index, keep, masked)
 
-
-def _small_unweighted(x: Tensor, t: Tensor, eps: float, spread: str, reduction: str, cdt: torch.dtype) -> Tensor:
-    """Small inputs without weights or ignored rows: ``a·NLL - b·Σ_c log p_c`` from native ops.
-
-    At a few thousand logits the cost is per-op overhead, and autograd's C++ backward for these
-    ops is cheaper than a Python ``autograd.Function``; no N×K target is built either way.
-    """
-    a, b = _coefficients(eps, spread, x.shape[1])
-    logp = torch.log_softmax(x, 1, dtype=cdt)
-    if reduction == "none":
-        return F.nll_loss(logp, t, reduction="none").mul(a).sub_(logp.sum(1), alpha=b)
-    nll = F.nll_loss(logp, t, reduction=reduction)
-    return nll * a - logp.sum() * (b if reduction == "sum" else b / x.shape[0])
-
-
-def _soft_rows(x: Tensor, q: Tensor, eps: float, weight: Tensor | None, spread: str) -> Tensor:
-    """Per-row loss for soft targets: ``-Σ_c w_c·(a·q_c + b·[c possible])·log p_c``."""
-    k = x.shape[1]
-    logp = torch.log_softmax(x, 1, dtype=q.dtype)
-    wq = q if weight is None else q * weight
-    impossible = x == -math.inf
-    if impossible.any():
-        n_valid = k - impossible.sum(1)
-        fill = wq == 0  # 0·log 0 is 0 here, so impossible classes with no target mass cost nothing
-        target_term = (wq * logp).masked_fill(fill, 0).sum(1)
-        logp = logp.masked_fill(impossible, 0)
-    else:
-        n_valid = k
-        target_term = (wq * logp).sum(1)
-    a, b = _coefficients(eps, spread, n_valid)
-    uniform_term = logp @ weight if weight is not None else logp.sum(1)
-    return -(a * target_term + b * uniform_term)
+    loss = reduce_loss(rows(masked=not host).reshape(out_shape), reduction, denom)
+    if host and not math.isfinite((loss if loss.dim() == 0 else loss.sum()).item()):  # a -inf logit
+        loss = reduce_loss(rows(masked=True).reshape(out_shape), reduction, denom)
+    return loss
 
 
 def label_smoothing_cross_entropy_reference(
@@ -553,7 +391,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
         return label_smoothing_cross_entropy(
             input, target, self.eps, self.weight, self.reduction,
             ignore_index=self.ignore_index, spread=self.spread,
-        )
+        )  # fmt: skip
 
     def activation(self, out: Tensor) -> Tensor:
         return torch.softmax(out, dim=1)
@@ -566,18 +404,23 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
 
 class LabelSmoothingCrossEntropyFlat(LabelSmoothingCrossEntropy):
-    """fastai-style variant whose class axis is ``axis`` (default last), for sequence and
-    segmentation outputs such as (N, T, K). Equals :class:`LabelSmoothingCrossEntropy` applied
-    with the class axis moved to 1; ``activation`` and ``decodes`` act on ``axis``."""
+    """fastai's ``*Flat`` convention: the class axis is ``axis`` (default last), and the loss sees
+    the logits flattened to (-1, K) and the targets to (-1,), so it accepts every pair fastai's
+    ``CrossEntropyLossFlat`` accepts (e.g. tabular targets of shape (N, 1)) and ``'none'`` returns
+    one loss per flattened item. Soft targets of the logits' shape are flattened like the logits.
+    ``activation`` and ``decodes`` act on ``axis``."""
 
     def __init__(self, *args, axis: int = -1, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.axis = axis
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        k = input.shape[self.axis]
         if target.is_floating_point() and target.shape == input.shape:
-            target = target.movedim(self.axis, 1)
-        return super().forward(input.movedim(self.axis, 1), target)
+            target = target.movedim(self.axis, -1).reshape(-1, k)
+        else:
+            target = target.reshape(-1)
+        return super().forward(input.movedim(self.axis, -1).reshape(-1, k), target)
 
     def activation(self, out: Tensor) -> Tensor:
         return torch.softmax(out, dim=self.axis)
@@ -590,9 +433,10 @@ class LabelSmoothingBCEWithLogits(nn.Module):
     """Binary / multi-label cross-entropy with smoothed targets ``y' = y·(1-ε) + ε/2`` (Keras).
 
     Equals ``F.binary_cross_entropy_with_logits(x, y*(1-eps)+eps/2, weight, pos_weight=pos_weight,
-    reduction=reduction)``. ``eps`` in [0, 1]; targets in [0, 1] with the logits' shape (any
-    dtype). 16-bit logits are computed in float32. fastai: ``y_int = False``, sigmoid
-    ``activation``, ``decodes`` thresholds the probabilities at ``thresh``.
+    reduction=reduction)``, except that ``'mean'`` of an empty batch is 0. ``eps`` in [0, 1];
+    targets in [0, 1] with the logits' shape (any dtype; checked on the CPU only). 16-bit logits
+    are computed in float32. fastai: ``y_int = False``, sigmoid ``activation``, ``decodes``
+    thresholds the probabilities at ``thresh``.
     """
 
     y_int = False
@@ -623,13 +467,14 @@ class LabelSmoothingBCEWithLogits(nn.Module):
                 f"target has shape {tuple(target.shape)}; it must match the logits' shape {tuple(input.shape)}"
             )
         target = target.to(_compute_dtype(input.dtype))
-        if ((target < 0) | (target > 1)).any():
+        if _host_reads_ok(target) and ((target < 0) | (target > 1)).any():
             lo, hi = target.min().item(), target.max().item()
             raise ValueError(f"targets must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
-        return F.binary_cross_entropy_with_logits(
+        rows = F.binary_cross_entropy_with_logits(
             input.to(target.dtype), target * (1 - self.eps) + self.eps / 2,
-            self.weight, pos_weight=self.pos_weight, reduction=self.reduction,
-        )
+            self.weight, pos_weight=self.pos_weight, reduction="none",
+        )  # fmt: skip
+        return reduce_loss(rows, self.reduction)
 
     def activation(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out)

@@ -7,53 +7,59 @@ unless stated; float32 ones its float32 defaults (rtol 1.3e-6, atol 1e-5).
 import contextlib
 import math
 import pickle
-import warnings
+import shutil
+import subprocess
+import sys
+from io import BytesIO
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fastai.layers import NoneReduce
 from fastai.losses import LabelSmoothingCrossEntropy as FastaiLS
 from fastai.losses import LabelSmoothingCrossEntropyFlat as FastaiLSFlat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from timm.loss import LabelSmoothingCrossEntropy as TimmLS
+from torch.overrides import TorchFunctionMode
 from torch.testing import assert_close
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lsmooth import (
     LabelSmoothingBCEWithLogits,
     LabelSmoothingCrossEntropy,
     LabelSmoothingCrossEntropyFlat,
-    linear_combination,
+    fused,
+    label_smoothing_cross_entropy,
     losses,
     reduce_loss,
     smooth_targets,
 )
-from lsmooth.losses import (
-    label_smoothing_cross_entropy,
-    label_smoothing_cross_entropy_reference,
-)
+from lsmooth.losses import label_smoothing_cross_entropy_reference
 
 INF = math.inf
 
-# The loss has three code paths: native ops for small unweighted inputs, and a custom
-# autograd.Function over one block of rows or over many. Tests that take `path` run on each.
+# The loss has three code paths. "host": CPU eager, where it may read values (friendly errors, the
+# unmasked first try); "device": what runs on CUDA, meta and under torch.compile (no host reads,
+# masks always), forced here on CPU tensors; "fused": the one-softmax CPU path of lsmooth/fused.py,
+# forced here on small inputs. Tests that take `path` run on each.
 PATHS = {
-    "native": {},
-    "function": {"_SMALL": 0},
-    "blocks": {"_SMALL": 0, "_BLOCK": 50},
+    "host": [],
+    "device": [(losses, "_host_reads_ok", lambda x: False)],
+    "fused": [(fused, "MIN_LOGITS", 1)],
 }
 
 
 @contextlib.contextmanager
 def code_path(name):
-    saved = {key: getattr(losses, key) for key in PATHS[name]}
-    for key, value in PATHS[name].items():
-        setattr(losses, key, value)
+    saved = [(module, key, getattr(module, key)) for module, key, _ in PATHS[name]]
+    for module, key, value in PATHS[name]:
+        setattr(module, key, value)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            setattr(losses, key, value)
+        for module, key, value in saved:
+            setattr(module, key, value)
 
 
 @pytest.fixture(params=list(PATHS))
@@ -244,6 +250,28 @@ def test_flat_variant_matches_fastai_flat_and_moved_axis():
     assert LabelSmoothingCrossEntropyFlat().decodes(x).shape == (4, 6)
 
 
+@pytest.mark.parametrize(
+    "x_shape, t_shape, axis",
+    [((8, 5), (8, 1), -1), ((8, 5), (8,), -1), ((3, 4, 5), (3, 4), -1), ((2, 5, 3, 4), (2, 3, 4), 1)],
+    ids=["tabular (N,1)", "(N,)", "sequence", "segmentation"],
+)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_flat_accepts_what_fastai_cross_entropy_flat_accepts(x_shape, t_shape, axis, reduction):
+    """fastai's CrossEntropyLossFlat flattens the logits to (-1, K) along `axis` and the target to
+    (-1,); 'none' returns one loss per flattened item. eps=0 makes ours plain cross-entropy."""
+    from fastai.losses import CrossEntropyLossFlat
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*x_shape, generator=g)
+    t = torch.randint(0, x_shape[axis], t_shape, generator=g)
+    ours = value_and_grad(LabelSmoothingCrossEntropyFlat(0.0, reduction=reduction, axis=axis), x, t)
+    theirs = value_and_grad(CrossEntropyLossFlat(reduction=reduction, axis=axis), x, t)
+    assert ours[0].shape == theirs[0].shape == ((math.prod(t_shape),) if reduction == "none" else ())
+    if reduction == "none" and len(x_shape) == 4:  # fastai transposes (axis, -1); we move the axis to the end
+        ours = (ours[0].reshape(2, 3, 4).transpose(1, 2).reshape(-1), ours[1])
+    assert_close(ours, theirs)
+
+
 # --- conventions and hand-computed values -------------------------------------------------------
 
 def test_worked_example_from_reference():
@@ -363,23 +391,31 @@ def test_half_precision_accumulates_in_float32(dtype, path):
     assert_close(grad.double(), ref_grad.to(dtype).double(), rtol=1e-2, atol=1e-6)
 
 
-def test_index_path_saves_no_n_by_k_tensor_but_the_input():
-    x = torch.randn(64, 100, requires_grad=True)
-    t = torch.randint(0, 100, (64,))
-    big = []
+class LargeOutputs(TorchDispatchMode):
+    """Records the distinct storages of op outputs with at least ``numel`` elements."""
 
-    def pack(saved):
-        if saved.numel() >= x.numel() and saved.data_ptr() != x.data_ptr():
-            big.append(tuple(saved.shape))
-        return saved
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.storages = numel, set()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
-        loss = label_smoothing_cross_entropy(x, t, 0.1, torch.rand(100))
-    loss.backward()
-    assert big == []
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s):
-        F.cross_entropy(x, t, label_smoothing=0.1)  # the check can fail: torch saves log-probs
-    assert big
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, tuple) else (out,):
+            if isinstance(o, torch.Tensor) and o.numel() >= self.numel:
+                self.storages.add(o.untyped_storage().data_ptr())
+        return out
+
+
+def test_fused_path_allocates_one_n_by_k_buffer_that_becomes_the_gradient():
+    x = torch.randn(300, 1000, requires_grad=True)  # above fused.MIN_LOGITS
+    t = torch.randint(0, 1000, (300,))
+    with LargeOutputs(x.numel()) as ours:
+        label_smoothing_cross_entropy(x, t, 0.1).backward()
+    assert ours.storages == {x.grad.untyped_storage().data_ptr()}
+    x.grad = None
+    with LargeOutputs(x.numel()) as torchs:  # the check can fail: torch keeps log-probs and allocates the gradient
+        F.cross_entropy(x, t, label_smoothing=0.1).backward()
+    assert len(torchs.storages) >= 2
 
 
 def test_one_exponentiating_pass_for_forward_and_backward():
@@ -408,13 +444,13 @@ def test_one_exponentiating_pass_for_forward_and_backward():
     assert torchs.calls == ["_log_softmax", "_log_softmax_backward_data"]
 
 
-# --- the Function's internal branches -----------------------------------------------------------
+# --- fallbacks, backward variants, no host reads, torch.compile ---------------------------------
 
 CASES = ["plain", "weighted_ignore", "minus_inf", "underflow"]
 
 
 def case_inputs(case, dtype=torch.float64):
-    """Logits, targets and keyword arguments that take one branch of the loss's autograd.Function."""
+    """Logits, targets and keyword arguments that take one branch of the loss."""
     x, t, g = make((40, 7), dtype=dtype)
     kw = {}
     if case == "weighted_ignore":
@@ -429,35 +465,21 @@ def case_inputs(case, dtype=torch.float64):
     return x, t, kw
 
 
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_forward_without_grad_equals_forward_with_grad(case, dtype, path):
-    x, t, kw = case_inputs(case, dtype)
-    with_grad = label_smoothing_cross_entropy(x.clone().requires_grad_(), t, 0.1, reduction="none", **kw)
-    with torch.no_grad():
-        no_grad = label_smoothing_cross_entropy(x.clone().requires_grad_(), t, 0.1, reduction="none", **kw)
-    plain = label_smoothing_cross_entropy(x, t, 0.1, reduction="none", **kw)  # no input requires grad
-    assert torch.isfinite(with_grad).all()
-    assert_close(no_grad, with_grad.detach(), rtol=0, atol=0)
-    assert_close(plain, with_grad.detach(), rtol=0, atol=0)
-
-
+@pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("weighted", [False, True], ids=["w=None", "weighted"])
-def test_rows_whose_target_probability_underflows_match_torch(dtype, weighted, path):
+def test_rows_whose_target_probability_underflows_match_torch(reduction, dtype, weighted, path):
     x, t, kw = case_inputs("weighted_ignore" if weighted else "plain", dtype)
     x[::2].mul_(1000 if dtype == torch.float64 else 100)
     assert (torch.softmax(x, 1).gather(1, t[:, None]) < torch.finfo(dtype).tiny).sum() >= 5
-    ours = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction="none", **kw)
-    theirs = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction="none", **kw)
+    ours = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction=reduction, **kw)
+    theirs = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction=reduction, **kw)
     assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("case", ["plain", "weighted_ignore", "underflow"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_any_upstream_gradient_matches_torch(case, reduction, path):
-    """'mean' and 'sum' hand backward one scale for all rows (a one-pass branch on CPU); 'none' with
-    random upstream gradients does not."""
     x, t, kw = case_inputs(case)
     upstream, grads = None, []
     for fn, smoothing in ((label_smoothing_cross_entropy, {"eps": 0.1}), (F.cross_entropy, {"label_smoothing": 0.1})):
@@ -469,76 +491,214 @@ def test_any_upstream_gradient_matches_torch(case, reduction, path):
     assert_close(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_accelerator_branch_of_the_scaled_backward(reduction, monkeypatch):
-    """On CUDA the backward keeps g as a tensor (no host sync, the general path); run that on CPU tensors."""
-    x, t, _ = make((40, 300))
-    expected = value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, reduction=reduction)
-    with code_path("function"):
-        monkeypatch.setattr(losses, "_HOST_DEVICES", ())
-        accelerator = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction=reduction)
-        monkeypatch.undo()
-        host = value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, reduction=reduction)
-    assert_close(accelerator, expected)
-    assert_close(host, expected)
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_second_backward_recomputes_the_softmax(case, path):
     x, t, kw = case_inputs(case)
     x.requires_grad_()
     loss = label_smoothing_cross_entropy(x, t, 0.1, **kw)
-    (first,) = torch.autograd.grad(loss, x, retain_graph=True)  # uses the softmax stored by forward
-    (second,) = torch.autograd.grad(loss, x)  # recomputes it
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)  # the fused path: the softmax stored by forward
+    (second,) = torch.autograd.grad(loss, x)  # recomputed
     assert torch.isfinite(first).all()
     assert_close(second, first)
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_works_inside_torch_compile(backend, path):
-    """Compiled training steps call the loss too: it graph-breaks at its syncs and stays exact."""
-    x, t, _ = make((300, 300))
-    loss_fn = LabelSmoothingCrossEntropy(0.1)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_double_backward(reduction, path):
+    x, t, _ = make((6, 5))
+    x.requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: label_smoothing_cross_entropy(x, t, 0.2, reduction=reduction), (x,))
+
+
+class NoHostReads(TorchDispatchMode):
+    """Fails on every way a tensor value reaches Python (item, int, float, bool, tolist) and on
+    ops whose output shape depends on values."""
+
+    reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.reads or func.overloadpacket is torch.ops.aten.masked_select:
+            raise AssertionError(f"host read: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+class NoToList(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.tolist:  # copies straight from memory: no dispatcher op to catch
+            raise AssertionError("host read: tolist")
+        return func(*args, **(kwargs or {}))
+
+
+def device_cases():
+    """(name, loss function, logits, target) for every path of the loss family."""
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(64, 37, generator=g), torch.randint(0, 37, (64,), generator=g)
+    t_ign = t.clone()
+    t_ign[::5] = -100
+    w = torch.rand(37, generator=g) + 0.5
+    seg, seg_t = torch.randn(2, 5, 3, 4, generator=g), torch.randint(0, 5, (2, 3, 4), generator=g)
+    big, big_t = torch.randn(4, 32000, generator=g), torch.randint(0, 32000, (4,), generator=g)
+    minus_inf = x.clone()
+    minus_inf[::2, 30:] = -INF
+    q = torch.softmax(torch.randn(64, 37, generator=g), 1)
+    cases = []
+    for red in ("mean", "sum", "none"):
+        cases += [
+            (f"index {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x, t),
+            (f"ignore_index {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x, t_ign),
+            (f"weights+ignore {red}", LabelSmoothingCrossEntropy(0.1, w, red, spread="others"), x, t_ign),
+            (f"N-d {red}", LabelSmoothingCrossEntropy(0.1, reduction=red, ignore_index=2), seg, seg_t),
+            (f"Flat {red}", LabelSmoothingCrossEntropyFlat(0.1, reduction=red, axis=1), seg, seg_t),
+            (f"soft {red}", LabelSmoothingCrossEntropy(0.1, w, red), x, q),
+            (f"-inf {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), minus_inf, t % 30),
+            (f"32000 classes {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), big, big_t),
+            (f"bf16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), big.bfloat16(), big_t),
+            (f"fp16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x.half(), t),
+            (f"BCE {red}", LabelSmoothingBCEWithLogits(0.1, reduction=red), x, (q > 0.03).float()),
+        ]
+    return cases
+
+
+DEVICE_CASES = device_cases()
+
+
+@pytest.mark.parametrize("name, loss_fn, x, t", DEVICE_CASES, ids=[c[0] for c in DEVICE_CASES])
+def test_runs_on_meta_tensors(name, loss_fn, x, t):
+    """Forward and backward read no value: they run on tensors that have none, as F.cross_entropy does."""
+    xm = x.to("meta").requires_grad_()
+    loss = loss_fn(xm, t.to("meta"))
+    loss.sum().backward()
+    assert loss.shape == loss_fn(x, t).shape and xm.grad.shape == x.shape and xm.grad.dtype == x.dtype
+
+
+@pytest.mark.parametrize("name, loss_fn, x, t", DEVICE_CASES, ids=[c[0] for c in DEVICE_CASES])
+def test_no_host_reads_where_they_are_not_free(name, loss_fn, x, t, monkeypatch):
+    """On CPU tensors with the host predicate forced false (the CUDA case), forward and backward
+    read no value into Python, and the values equal the host path's."""
+    expected = value_and_grad(loss_fn, x, t)
+    monkeypatch.setattr(losses, "_host_reads_ok", lambda x: False)
+    with NoHostReads(), NoToList():
+        got = value_and_grad(loss_fn, x, t)
+    assert_close(got, expected, equal_nan=True)
+
+
+def test_the_host_read_detector_can_fail():
+    x, t = torch.randn(300, 1000), torch.randint(0, 1000, (300,))
+    for read in (lambda: label_smoothing_cross_entropy(x, t, 0.1), lambda: torch.ones(2).tolist()):
+        with pytest.raises(AssertionError, match="host read"), NoHostReads(), NoToList():
+            read()  # the host path reads the target range; the fused path reads its sums
+
+
+@pytest.mark.parametrize("k, backend", [(37, "eager"), (32000, "eager"), (37, "aot_eager")])
+def test_compiles_whole(k, backend):
+    """torch.compile(fullgraph=True) takes forward and backward whole; values equal eager."""
+    x, t, g = make((64 if k == 37 else 8, k), dtype=torch.float32)
+    t[::3] = -100
+    loss_fn = LabelSmoothingCrossEntropy(0.1, torch.rand(k, generator=g) + 0.5)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda x, t: loss_fn(x, t), backend=backend)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # dynamo's notes about graph breaks
-        ours = value_and_grad(compiled, x, t)
-    assert_close(ours, value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1))
+    compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
+    assert_close(value_and_grad(compiled, x, t), value_and_grad(loss_fn, x, t))
+    flat = LabelSmoothingCrossEntropyFlat(0.1)
+    x[0, 1] = -INF  # the device path's masks
+    assert_close(value_and_grad(torch.compile(flat, fullgraph=True, backend=backend), x, t.clamp(min=2)),
+                 value_and_grad(flat, x, t.clamp(min=2)))  # fmt: skip
+
+
+def test_losses_py_works_copied_alone(tmp_path):
+    """losses.py imports only torch: copied into an empty folder it imports and computes the loss
+    without lsmooth (and so without the fused path)."""
+    shutil.copy(losses.__file__, tmp_path / "losses.py")
+    code = (
+        "import sys, torch, torch.nn.functional as F, losses\n"
+        "assert losses.fused_smoothed_nll is None\n"
+        "assert not {m.split('.')[0] for m in sys.modules} & {'lsmooth', 'fastai', 'timm'}\n"
+        "x = torch.randn(300, 1000, dtype=torch.float64, requires_grad=True)\n"
+        "t = torch.randint(0, 1000, (300,))\n"
+        "loss = losses.LabelSmoothingCrossEntropy(0.1)(x, t)\n"
+        "torch.testing.assert_close(loss, F.cross_entropy(x, t, label_smoothing=0.1))\n"
+        "print('ok')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONNOUSERSITE": "1"}
+    cmd = [sys.executable, "-c", code]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
 # --- fastai compatibility -----------------------------------------------------------------------
 
 def test_fastai_attributes_and_class_axis():
-    loss = LabelSmoothingCrossEntropy()
-    assert loss.y_int is True
-    seg = torch.randn(2, 4, 3, 5)
-    assert_close(loss.activation(seg).sum(1), torch.ones(2, 3, 5))
-    assert_close(loss.decodes(seg), seg.argmax(1))
-    # fastai#3603: fastai's own activation normalises the last axis of a (N, K, H, W) output
-    assert not torch.allclose(FastaiLS().activation(seg).sum(1), torch.ones(2, 3, 5))
+    """activation/decodes act on the class axis; fastai's own use the last axis (fastai#3603)."""
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    for ours in (LabelSmoothingCrossEntropy(), LabelSmoothingCrossEntropyFlat(axis=1)):
+        assert ours.y_int is True
+        assert_close(ours.activation(x), torch.softmax(x, 1))
+        assert torch.equal(ours.decodes(x), x.argmax(1))
+    for theirs in (FastaiLS(), FastaiLSFlat(axis=1)):
+        assert_close(theirs.activation(x).sum(-1), torch.ones(2, 3, 4))  # the last axis
+        assert not torch.allclose(theirs.activation(x).sum(1), torch.ones(2, 4, 5), atol=1e-2)
+        assert theirs.decodes(x).shape == (2, 3, 4)  # not the (N, H, W) of the targets
 
 
-def test_reduction_is_a_plain_settable_attribute():
-    from fastai.losses import NoneReduce
-
-    x, t, _ = make((6, 3))
-    loss = LabelSmoothingCrossEntropy(0.1)
-    with NoneReduce(loss) as per_item:
-        rows = per_item(x, t)
-    assert rows.shape == (6,) and loss.reduction == "mean"
-    assert_close(rows.mean(), loss(x, t))
+def nondefault_losses():
+    w = torch.tensor([1.0, 2.0, 0.5])
+    return {
+        "ce": LabelSmoothingCrossEntropy(0.2, w, "sum", ignore_index=1, spread="others"),
+        "flat": LabelSmoothingCrossEntropyFlat(0.3, w, "none", axis=1, ignore_index=255, spread="others"),
+        "bce": LabelSmoothingBCEWithLogits(0.2, w, "sum", pos_weight=torch.tensor([3.0, 1.0, 0.25]), thresh=0.3),
+    }
 
 
-def test_pickle_round_trip_keeps_settings():
-    w = torch.rand(5)
-    loss = LabelSmoothingCrossEntropy(0.2, w, "sum", ignore_index=3, spread="others")
-    again = pickle.loads(pickle.dumps(loss))
-    x, t, _ = make((7, 5), dtype=torch.float32)
-    assert_close(again(x, t), loss(x, t))
-    assert (again.eps, again.reduction, again.ignore_index, again.spread) == (0.2, "sum", 3, "others")
-    flat = pickle.loads(pickle.dumps(LabelSmoothingCrossEntropyFlat(0.1, axis=1)))
-    assert flat.axis == 1
+def nondefault_inputs(name):
+    g = torch.Generator().manual_seed(0)
+    if name == "ce":
+        return torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    if name == "flat":
+        t = torch.randint(0, 3, (2, 4, 5), generator=g)
+        t[0, 0, :2] = 255
+        return torch.randn(2, 3, 4, 5, generator=g), t
+    return torch.randn(6, 3, generator=g), torch.randint(0, 2, (6, 3), generator=g).float()
+
+
+def torch_save_round_trip(obj):
+    buf = BytesIO()
+    torch.save(obj, buf)  # what Learner.export uses
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("round_trip", [lambda o: pickle.loads(pickle.dumps(o)), torch_save_round_trip],
+                         ids=["pickle", "torch.save"])  # fmt: skip
+@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
+def test_loss_pickles_with_nondefault_settings(name, round_trip):
+    lf = nondefault_losses()[name]
+    clone = round_trip(lf)
+    assert type(clone) is type(lf)
+    for key in ("eps", "reduction", "ignore_index", "spread", "axis", "thresh", "y_int"):
+        assert getattr(clone, key, None) == getattr(lf, key, None), key
+    for key in ("weight", "pos_weight"):
+        if getattr(lf, key, None) is not None:
+            assert torch.equal(getattr(clone, key), getattr(lf, key)), key
+    x, t = nondefault_inputs(name)
+    assert_close(clone(x, t), lf(x, t), rtol=0, atol=0)
+    assert torch.equal(clone.decodes(clone.activation(x)), lf.decodes(lf.activation(x)))
+
+
+@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
+def test_none_reduce_sets_and_restores_reduction(name):
+    """fastai's NoneReduce (MixUp, CutMix, get_preds(with_loss=True)) sets `reduction` for a while."""
+    lf = nondefault_losses()[name]
+    lf.reduction = "sum"
+    x, t = nondefault_inputs(name)
+    total = lf(x, t)
+    with NoneReduce(lf) as none_lf:
+        assert none_lf is lf and lf.reduction == "none"
+        per_item = none_lf(x, t)
+    assert lf.reduction == "sum"
+    expected = {"ce": (6,), "flat": (2 * 4 * 5,), "bce": (6, 3)}[name]  # Flat: one loss per flattened item
+    assert per_item.shape == expected
+    assert_close(per_item.sum(), total)
+    with pytest.raises(RuntimeError), NoneReduce(lf):
+        raise RuntimeError("inside the context")
+    assert lf.reduction == "sum"
 
 
 def test_fastai_tensor_subclasses_are_accepted():
@@ -587,11 +747,15 @@ def test_bce_hand_computed_and_fastai_attributes():
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def test_reduce_loss_and_linear_combination():
-    v = torch.tensor([1.0, 2.0, 6.0])
+def test_reduce_loss():
+    v = torch.tensor([1.0, 2.0, 6.0], requires_grad=True)
     assert reduce_loss(v).item() == 3.0 and reduce_loss(v, "sum").item() == 9.0
     assert reduce_loss(v, "none") is v
-    assert linear_combination(10.0, 20.0, 0.25) == 17.5  # 0.25·10 + 0.75·20
+    assert reduce_loss(v, "mean", torch.tensor(4.5)).item() == 2.0  # e.g. Σ w_y over the rows kept
+    for empty, denom in ((v[:0], None), (v, torch.tensor(0.0))):
+        loss = reduce_loss(empty, "mean", denom)
+        (grad,) = torch.autograd.grad(loss, v)
+        assert loss.item() == 0.0 and not grad.any() and not grad.isnan().any()
     with pytest.raises(ValueError, match=r"reduction='avg'.*'mean', 'sum', 'none'"):
         reduce_loss(v, "avg")
 
