@@ -1,4 +1,4 @@
-"""The lsmooth losses inside real fastai Learners, on three tiny problems built in memory.
+"""The lsmooth losses inside real fastai Learners, on tiny problems built in memory.
 
 - single-label: 16x16 RGB images whose class is the dominant colour channel
   (``DataBlock(ImageBlock, CategoryBlock)``), loss ``LabelSmoothingCrossEntropy(0.1)``;
@@ -6,7 +6,9 @@
   class (``MaskBlock``, a fully-convolutional model giving (N, K, H, W)), loss
   ``LabelSmoothingCrossEntropyFlat(0.1, axis=1)``;
 - multi-label: each channel is independently bright or dark, the label set is the bright ones
-  (``MultiCategoryBlock``), loss ``LabelSmoothingBCEWithLogits(0.1)``.
+  (``MultiCategoryBlock``), loss ``LabelSmoothingBCEWithLogits(0.1)``;
+- tabular: a pandas DataFrame with a categorical and two continuous columns and a categorical
+  target (``tabular_learner``, targets of shape (N, 1)), loss ``LabelSmoothingCrossEntropyFlat(0.1)``.
 
 Labels and masks are computed from the pixels by module-level functions, so the DataBlocks need
 no lookup table and an exported Learner pickles. Each problem is trained once per session.
@@ -15,22 +17,22 @@ no lookup table and an exported Learner pickles. Each problem is trained once pe
 import copy
 import functools
 import math
-import pickle
 import warnings
 from dataclasses import dataclass
-from io import BytesIO
 
 import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
 import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fastai.callback.mixup import CutMix, MixUp
 from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock
-from fastai.layers import NoneReduce
 from fastai.learner import Learner, load_learner
-from fastai.losses import LabelSmoothingCrossEntropy as FastaiLabelSmoothingCrossEntropy
 from fastai.losses import LabelSmoothingCrossEntropyFlat as FastaiLabelSmoothingCrossEntropyFlat
+from fastai.tabular.core import Categorify, Normalize
+from fastai.tabular.data import TabularDataLoaders
+from fastai.tabular.learner import tabular_learner
 from fastai.torch_core import set_seed
 from fastai.vision.data import ImageBlock, MaskBlock
 from fastcore.basics import noop
@@ -297,86 +299,63 @@ def test_export_keeps_nondefault_loss_settings(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Pickling with non-default settings, NoneReduce, fastai#3603.
+# Tabular: fastai's tabular targets have shape (N, 1), which the Flat loss flattens as fastai does.
+
+TAB_N, TAB_VALID = 240, 48
 
 
-def _nondefault_losses():
-    w = torch.tensor([1.0, 2.0, 0.5])
-    return {
-        "ce": LabelSmoothingCrossEntropy(0.2, w, "sum", ignore_index=1, spread="others"),
-        "flat": LabelSmoothingCrossEntropyFlat(0.3, w, "none", axis=1, ignore_index=255, spread="others"),
-        "bce": LabelSmoothingBCEWithLogits(0.2, w, "sum", pos_weight=torch.tensor([3.0, 1.0, 0.25]), thresh=0.3),
-    }
+def tabular_frame(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    shop, x1, x2 = rng.choice(["a", "b", "c"], TAB_N), rng.normal(size=TAB_N), rng.normal(size=TAB_N)
+    label = np.where(x1 + (shop == "a") > 0.5, "high", np.where(x2 > 0, "mid", "low"))
+    return pd.DataFrame({"shop": shop, "x1": x1, "x2": x2, "label": label})
 
 
-def _inputs(name: str):
-    g = torch.Generator().manual_seed(0)
-    if name == "ce":
-        return torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
-    if name == "flat":
-        t = torch.randint(0, 3, (2, 4, 5), generator=g)
-        t[0, 0, :2] = 255
-        return torch.randn(2, 3, 4, 5, generator=g), t
-    return torch.randn(6, 3, generator=g), torch.randint(0, 2, (6, 3), generator=g).float()
+@functools.cache
+def tabular() -> Learner:
+    set_seed(0, reproducible=True)
+    dls = TabularDataLoaders.from_df(
+        tabular_frame(), procs=[Categorify, Normalize], cat_names=["shop"], cont_names=["x1", "x2"],
+        y_names="label", y_block=CategoryBlock(), valid_idx=list(range(TAB_N - TAB_VALID, TAB_N)), bs=32,
+        num_workers=0,
+    )  # fmt: skip
+    learn = tabular_learner(dls, layers=[16], loss_func=LabelSmoothingCrossEntropyFlat(0.1))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-2)
+    return learn
 
 
-def _torch_save_round_trip(obj):
-    buf = BytesIO()
-    torch.save(obj, buf)  # what Learner.export uses
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")  # fastai tabular
+def test_tabular_learner_trains_and_predicts():
+    learn = tabular()
+    assert all(math.isfinite(float(x)) for x in learn.recorder.losses)
+    with learn.no_bar():
+        probs, targs, losses = learn.get_preds(with_loss=True)
+        raw, _ = learn.get_preds(act=noop)
+        _, label_idx, row_probs = learn.predict(tabular_frame().iloc[0])
+    assert targs.shape == (TAB_VALID, 1) and probs.shape == (TAB_VALID, 3)  # fastai's tabular targets: (N, 1)
+    assert_close(probs.sum(1), torch.ones(TAB_VALID), atol=PROB_TOL, rtol=0)
+    expected = torch.nn.functional.cross_entropy(raw, targs.view(-1).long(), reduction="none", label_smoothing=0.1)
+    assert_close(losses, expected, rtol=1e-5, atol=1e-6)
+    assert row_probs.shape == (3,) and int(label_idx) == int(row_probs.argmax())  # decodes: argmax
+    assert_close(row_probs.sum(), torch.tensor(1.0), atol=PROB_TOL, rtol=0)
 
 
-def _pickle_round_trip(obj):
-    return pickle.loads(pickle.dumps(obj))
+@pytest.mark.filterwarnings("ignore:load_learner:UserWarning")
+def test_tabular_export_load_learner_round_trip(tmp_path):
+    learn = tabular()
+    learn.export(tmp_path / "export.pkl")
+    loaded = load_learner(tmp_path / "export.pkl")
+    assert type(loaded.loss_func) is LabelSmoothingCrossEntropyFlat and loaded.loss_func.eps == 0.1
+    rows = tabular_frame(seed=1).iloc[:20]
+    with learn.no_bar(), loaded.no_bar():
+        want, _ = learn.get_preds(dl=learn.dls.test_dl(rows))
+        got, _ = loaded.get_preds(dl=loaded.dls.test_dl(rows))
+    assert_close(got, want)
 
 
-@pytest.mark.parametrize("round_trip", [_pickle_round_trip, _torch_save_round_trip])
-@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
-def test_loss_pickles_with_nondefault_settings(name, round_trip):
-    lf = _nondefault_losses()[name]
-    clone = round_trip(lf)
-    assert type(clone) is type(lf)
-    for key in ("eps", "reduction", "ignore_index", "spread", "axis", "thresh", "y_int"):
-        assert getattr(clone, key, None) == getattr(lf, key, None), key
-    for key in ("weight", "pos_weight"):
-        if getattr(lf, key, None) is not None:
-            assert torch.equal(getattr(clone, key), getattr(lf, key)), key
-    x, t = _inputs(name)
-    assert_close(clone(x, t), lf(x, t), rtol=0, atol=0)
-    assert torch.equal(clone.decodes(clone.activation(x)), lf.decodes(lf.activation(x)))
-
-
-@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
-def test_none_reduce_sets_and_restores_reduction(name):
-    lf = _nondefault_losses()[name]
-    lf.reduction = "sum"
-    x, t = _inputs(name)
-    total = lf(x, t)
-    with NoneReduce(lf) as none_lf:
-        assert none_lf is lf and lf.reduction == "none"
-        per_item = none_lf(x, t)
-    assert lf.reduction == "sum"
-    assert per_item.shape == (x.shape[:1] + x.shape[2:] if name != "bce" else x.shape)
-    assert_close(per_item.sum(), total)
-    with pytest.raises(RuntimeError), NoneReduce(lf):
-        raise RuntimeError("inside the context")
-    assert lf.reduction == "sum"
-
-
-def test_activation_and_decodes_use_the_class_axis_unlike_fastai_3603():
-    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
-    ones = torch.ones(2, 4, 5)
-    for ours in (LabelSmoothingCrossEntropy(), LabelSmoothingCrossEntropyFlat(axis=1)):
-        assert_close(ours.activation(x), torch.softmax(x, 1))
-        assert_close(ours.activation(x).sum(1), ones, atol=PROB_TOL, rtol=0)
-        assert torch.equal(ours.decodes(x), x.argmax(1))
-    theirs_all = (FastaiLabelSmoothingCrossEntropy(), FastaiLabelSmoothingCrossEntropyFlat(axis=1))
-    for theirs in theirs_all:
-        probs = theirs.activation(x)
-        assert_close(probs.sum(-1), torch.ones(2, 3, 4), atol=PROB_TOL, rtol=0)  # last axis
-        assert not torch.allclose(probs.sum(1), ones, atol=1e-2)
-        assert theirs.decodes(x).shape == (2, 3, 4)  # not the (N, H, W) of the targets
+# ---------------------------------------------------------------------------------------------
+# fastai#3603 in a Learner.
 
 
 def test_fastai_flat_loss_decodes_segmentation_on_the_wrong_axis_in_a_learner():
