@@ -1,7 +1,7 @@
 """Label-smoothing losses for PyTorch and fastai, in one file that imports only torch.
 
-Copy this file into your project if you like: it needs nothing but ``torch`` (2.4 or newer). In
-the lsmooth package it also uses ``fused.py``, a one-softmax CPU path for large inputs, when present.
+Copy this file into your project: it needs only ``torch`` (2.4+). In the lsmooth package it also
+uses ``fused.py``, a one-softmax CPU path for large inputs, when present.
 
 Notation: ``K`` classes, smoothing ``eps`` (ε), ``l_c = -log softmax(x)_c``, ``y`` the target class.
 
@@ -18,19 +18,19 @@ targets is ``a·w_y·l_y + b·Σ_c w_c·l_c`` with ``(a, b) = (1-ε, ε/K)`` for
 ``(1-ε-ε/(K-1), ε/(K-1))`` for ``'others'``. Shapes: logits (N, K) or (N, K, d1, ...), class axis
 1; targets class indices (N, d1, ...) or probabilities with the logits' shape.
 
-Host reads. On the CPU, outside ``torch.compile``, reading a tensor value into Python costs
-nothing, and the loss does so: to name a bad target in a ``ValueError``, and to skip work the
-values make unnecessary (the ignore mask when no target can be ignored; the ``-inf`` masks when
-the unmasked result is finite). Anywhere else (CUDA, meta, compiled) it reads nothing: every
-value-dependent choice is made on the device with masks, so forward and backward never wait for
-the device and the loss compiles with ``fullgraph=True``. Bad targets there are left to PyTorch,
-as ``F.cross_entropy`` does: a class index out of range trips ``nll_loss``'s device-side assert;
-soft targets that are not distributions and BCE targets outside [0, 1] are not checked.
+Host reads. On the CPU, outside ``torch.compile``, reading a tensor value into Python is free and
+the loss does it: to name a bad target in a ``ValueError``, and to skip masks the values make
+unnecessary (ignored rows, ``-inf`` logits). Anywhere else (CUDA, meta, compiled) it reads nothing:
+value-dependent choices are made on the device with masks, so nothing waits for the device and the
+loss compiles with ``fullgraph=True``. Bad targets there are left to PyTorch, as in its own loss:
+a class index out of range trips ``nll_loss``'s device-side assert; soft targets that are not
+distributions and BCE targets outside [0, 1] are not checked.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -42,20 +42,12 @@ except ImportError:
     fused_smoothed_nll = None
 
 __all__ = [
-    "LabelSmoothingBCEWithLogits",
-    "LabelSmoothingCrossEntropy",
-    "LabelSmoothingCrossEntropyFlat",
-    "label_smoothing_cross_entropy",
-    "label_smoothing_cross_entropy_reference",
-    "reduce_loss",
-    "smooth_targets",
-]
+    "LabelSmoothingBCEWithLogits", "LabelSmoothingCrossEntropy", "LabelSmoothingCrossEntropyFlat",
+    "label_smoothing_cross_entropy", "label_smoothing_cross_entropy_reference", "reduce_loss", "smooth_targets",
+]  # fmt: skip
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SPREADS = ("uniform", "others")
-# Soft targets count as distributions when every entry is >= -tol and every row sums to 1 ± tol.
-_SOFT_TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
-_SOFT_TOL_DEFAULT = 1e-3
 
 
 def _host_reads_ok(x: Tensor) -> bool:
@@ -66,10 +58,9 @@ def _host_reads_ok(x: Tensor) -> bool:
 def reduce_loss(loss: Tensor, reduction: str = "mean", denom: Tensor | None = None) -> Tensor:
     """Reduce per-item losses with ``'mean'``, ``'sum'`` or ``'none'`` (fastai's helper).
 
-    ``'mean'`` divides the sum by ``denom`` (e.g. PyTorch's ``Σ w_y`` over the rows not ignored),
-    by default the number of items. An empty batch or a zero ``denom`` gives 0 with zero gradient,
-    where ``Tensor.mean`` gives NaN; decided on the device, without reading ``denom``.
-    """
+    ``'mean'`` divides the sum by ``denom`` (PyTorch's ``Σ w_y`` over the rows kept), by default the
+    number of items; an empty batch or a zero ``denom`` gives 0 and zero gradient (not NaN), decided
+    on the device."""
     _check_choice("reduction", reduction, _REDUCTIONS)
     if reduction == "none":
         return loss
@@ -116,102 +107,80 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _index_target(target: Tensor) -> Tensor:
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise ValueError(
-            f"index targets must have an integer dtype, got {target.dtype}; soft targets must be "
-            "floating point with the logits' shape"
-        )
+        raise ValueError(f"index targets must have an integer dtype, got {target.dtype}; "
+                         "soft targets must be floating point with the logits' shape")  # fmt: skip
     return target.long()
 
 
-def _check_range(target: Tensor, num_classes: int, ignore_index: int | None) -> bool:
-    """Host only: raise a ValueError naming a class index outside ``[0, num_classes)`` (other than
-    ``ignore_index``); return whether some target may equal ``ignore_index``."""
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> bool:
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than
+    ``ignore_index``); else whether some target may equal ``ignore_index``."""
     if target.numel() == 0:
         return False
     lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
     if 0 <= lo and hi < num_classes:
         return ignore_index is not None and lo <= ignore_index <= hi
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
     if bad.any():
         where = tuple(bad.nonzero()[0].tolist())
         also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-        raise ValueError(
-            f"target has class index {target[where].item()} at position {where}; "
-            f"class indices must be in [0, {num_classes}){also}"
-        )
+        raise ValueError(f"target has class index {target[where].item()} at position {where}; "
+                         f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
     return True
 
 
 def _check_soft_target(target: Tensor) -> None:
-    tol = _SOFT_TOL.get(target.dtype, _SOFT_TOL_DEFAULT)
+    """Host only: each row must be a distribution, within a tolerance fit for the dtype."""
+    tol = 1e-2 if target.dtype in (torch.float16, torch.bfloat16) else 1e-3
     sums = target.sum(1, dtype=torch.float32)
     bad = (target.amin(1) < -tol) | ((sums - 1).abs() > tol)
     if bad.any():
         row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
-            f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}"
-        )
+        raise ValueError(f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
+                         f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}")
 
 
 def smooth_targets(
     target: Tensor, num_classes: int, eps: float = 0.1, spread: str = "uniform", *, dtype: torch.dtype | None = None
 ) -> Tensor:
-    """The dense smoothed target distribution ``q``, for inspection, teaching and soft-target pipelines.
-
-    ``target``: class indices of shape ``(N, d1, ...)``. Returns ``dtype`` (default: the default
-    float dtype) of shape ``(N, num_classes, d1, ...)`` (class axis 1, like the logits), each row
-    summing to 1. With ``eps < 0`` the off-target entries are negative.
+    """The dense smoothed targets ``q`` of class indices ``target`` (N, d1, ...): shape
+    (N, num_classes, d1, ...) (class axis 1, like the logits), rows summing to 1, in ``dtype``
+    (default: torch's default float dtype); negative off-target entries if ``eps < 0``.
     ``label_smoothing_cross_entropy(x, smooth_targets(t, K, eps), eps=0)`` equals
-    ``label_smoothing_cross_entropy(x, t, eps)``.
-    """
+    ``label_smoothing_cross_entropy(x, t, eps)``."""
     eps = _check_eps(eps)
     _check_choice("spread", spread, _SPREADS)
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
     target = _index_target(target)
     if _host_reads_ok(target):
-        _check_range(target, num_classes, ignore_index=None)
+        _check_range(target, num_classes)
     a, b = _coefficients(eps, spread, num_classes)
     q = torch.full((*target.shape, num_classes), b, dtype=dtype or torch.get_default_dtype(), device=target.device)
     q.scatter_(-1, target[..., None], a + b)
     return q.movedim(-1, 1) if q.dim() > 2 else q
 
 
-def _index_rows(x, t, eps, weight, spread, ignore_index, keep, masked):
-    """Per-row loss for class indices: ``a·w_y·l_y + b·Σ_c w_c·l_c``, 0 where ``keep`` is False.
-
-    With ``masked``, classes whose logit is ``-inf`` are left out of the uniform term (per row,
-    ``K`` is the number of finite logits); without, such a row comes out non-finite.
-    """
+def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
+    """Per-row loss ``a·T - b·Σ_c w_c·log p_c``, 0 where ``keep`` is False, with the target term
+    ``T = w_y·l_y`` for class indices and ``-Σ_c w_c·q_c·log p_c`` for probabilities. ``masked``
+    leaves classes whose logit is ``-inf`` out of the uniform term (per row, ``K`` is the number of
+    finite logits); without it, such a row comes out non-finite."""
     logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
-    nll = F.nll_loss(logp, t, weight, ignore_index=ignore_index, reduction="none")  # w_y·l_y
-    n_classes = x.shape[1]
-    if masked:
-        possible = logp != -math.inf
-        logp = logp.where(possible, 0)
-        n_classes = possible.sum(1, dtype=logp.dtype)
-    a, b = _coefficients(eps, spread, n_classes)
-    rows = a * nll - b * (logp.sum(1) if weight is None else logp @ weight)
-    return rows if keep is None else rows.where(keep, 0)
-
-
-def _soft_rows(x, q, eps, weight, spread, masked):
-    """Per-row loss for probability targets: ``-Σ_c w_c·(a·q_c + b)·log p_c``; ``masked`` as above."""
-    logp = torch.log_softmax(x, 1, dtype=q.dtype)
-    wq = q if weight is None else q * weight
-    n_classes = x.shape[1]
-    if masked:
-        possible = logp != -math.inf
-        target_term = torch.where(wq != 0, wq * logp, 0).sum(1)  # an impossible class without target mass costs 0
-        logp = logp.where(possible, 0)
-        n_classes = possible.sum(1, dtype=logp.dtype)
+    if target.is_floating_point():
+        wq = target if weight is None else target * weight
+        # masked: an impossible class without target mass costs 0 (not 0·log 0 = NaN)
+        term = -(torch.where(wq != 0, wq * logp, 0) if masked else wq * logp).sum(1)
     else:
-        target_term = (wq * logp).sum(1)
+        term = F.nll_loss(logp, target, weight, ignore_index=ignore_index, reduction="none")
+    n_classes = x.shape[1]
+    if masked:
+        possible = logp != -math.inf
+        logp = logp.where(possible, 0)
+        n_classes = possible.sum(1, dtype=logp.dtype)
     a, b = _coefficients(eps, spread, n_classes)
-    return -(a * target_term + b * (logp.sum(1) if weight is None else logp @ weight))
+    rows = a * term - b * (logp.sum(1) if weight is None else logp @ weight)
+    return rows if keep is None else rows.where(keep, 0)
 
 
 def _flatten_classes(x: Tensor) -> Tensor:
@@ -224,45 +193,30 @@ def _check_input(input: Tensor, weight: Tensor | None) -> int:
         raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
     k = input.shape[1]
     if k < 2:
-        raise ValueError(
-            f"logits have K={k} classes on axis 1; need K >= 2 (use LabelSmoothingBCEWithLogits for binary)"
-        )
+        raise ValueError(f"logits have K={k} classes on axis 1; need K >= 2 "
+                         "(use LabelSmoothingBCEWithLogits for binary)")  # fmt: skip
     if weight is not None and weight.shape != (k,):
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
     return k
 
 
 def label_smoothing_cross_entropy(
-    input: Tensor,
-    target: Tensor,
-    eps: float = 0.1,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    *,
-    ignore_index: int = -100,
-    spread: str = "uniform",
-) -> Tensor:
+    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+    ignore_index: int = -100, spread: str = "uniform",
+) -> Tensor:  # fmt: skip
     """Label-smoothed cross-entropy; the function behind :class:`LabelSmoothingCrossEntropy`.
 
-    Shapes: ``input`` (N, K) or (N, K, d1, ...) logits, class axis 1; ``target`` either class
-    indices (N, d1, ...) of any integer dtype, or class probabilities with ``input``'s shape.
-
-    With ``spread='uniform'`` the value and gradient equal
-    ``F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
-    label_smoothing=eps)`` for every input PyTorch accepts. In detail, for index targets:
-    rows whose target is ``ignore_index`` contribute 0, and ``'mean'`` divides the sum by
-    ``Σ w_y`` over the other rows (their count without ``weight``). For soft targets,
-    ``q' = a·q + b`` over the classes, ``'mean'`` divides by the number of rows and
-    ``ignore_index`` does not apply. Where PyTorch returns inf or NaN this stays finite:
-
-    * a logit of ``-inf`` marks an impossible class; it is left out of the uniform term, whose
-      mass spreads over the remaining classes (the loss is still inf if the *target* class is
-      impossible, as it is for plain cross-entropy);
-    * ``'mean'`` over an empty batch, a fully ignored batch or zero total target weight is 0,
-      with zero gradients.
-
-    16-bit logits are accumulated in float32 and the loss is float32; gradients have the logits'
-    dtype. No N×K one-hot or smoothed target is built for index targets.
+    ``input``: logits (N, K) or (N, K, d1, ...), class axis 1; ``target``: class indices
+    (N, d1, ...) of any integer dtype, or probabilities with ``input``'s shape. With
+    ``spread='uniform'``, value and gradient equal ``F.cross_entropy(input, target, weight,
+    ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)`` wherever that is finite:
+    rows whose target is ``ignore_index`` give 0; ``'mean'`` divides by ``Σ w_y`` over the other
+    rows (index targets) or by the number of rows (probabilities, where ``ignore_index`` does not
+    apply). Where PyTorch gives inf or NaN this stays finite: a ``-inf`` logit (an impossible class)
+    is left out of the uniform term, whose mass spreads over the other classes (an impossible
+    *target* still costs inf); ``'mean'`` of an empty or fully ignored batch, or of zero total
+    target weight, is 0 with zero gradient. 16-bit logits are accumulated in float32 and the loss
+    is float32 (gradients in the logits' dtype). No N×K target is built for class indices.
     """
     _check_choice("reduction", reduction, _REDUCTIONS)
     _check_choice("spread", spread, _SPREADS)
@@ -276,25 +230,18 @@ def label_smoothing_cross_entropy(
     x = _flatten_classes(input)
     host = _host_reads_ok(x)
 
+    out_shape = input.shape[:1] + input.shape[2:]
     if target.is_floating_point() and target.dim() > 1:
         if target.shape != input.shape:
-            raise ValueError(
-                f"soft target has shape {tuple(target.shape)}; it must match the logits' shape {tuple(input.shape)}"
-            )
-        q = _flatten_classes(target).to(_compute_dtype(input.dtype))
+            raise ValueError(f"soft target has shape {tuple(target.shape)}; it must match the logits' shape "
+                             f"{tuple(input.shape)}")  # fmt: skip
+        t, keep, denom = _flatten_classes(target).to(_compute_dtype(input.dtype)), None, None
         if host:
-            _check_soft_target(q)
-        out_shape, denom = input.shape[:1] + input.shape[2:], None
-
-        def rows(masked: bool) -> Tensor:
-            return _soft_rows(x, q, eps, weight, spread, masked)
+            _check_soft_target(t)
     else:
-        out_shape = input.shape[:1] + input.shape[2:]
         if target.shape != out_shape:
-            raise ValueError(
-                f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
-                f"class indices of shape {tuple(out_shape)} or probabilities of shape {tuple(input.shape)}"
-            )
+            raise ValueError(f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
+                             f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
         t = _index_target(target).reshape(-1)
         some_ignored = _check_range(t, k, ignore_index) if host else True
         if host and not some_ignored and weight is None and fused_smoothed_nll is not None:
@@ -302,12 +249,9 @@ def label_smoothing_cross_entropy(
             if loss is not None:  # None: not worth it here, or p_y underflows / a -inf logit
                 return loss
         keep = t != ignore_index if some_ignored else None
-        safe_t = t if keep is None else t.where(keep, 0)
-        w_y = None if weight is None else weight[safe_t] if keep is None else weight[safe_t] * keep
+        w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
         denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
-
-        def rows(masked: bool) -> Tensor:
-            return _index_rows(x, t, eps, weight, spread, ignore_index, keep, masked)
+    rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
 
     loss = reduce_loss(rows(masked=not host).reshape(out_shape), reduction, denom)
     if host and not math.isfinite((loss if loss.dim() == 0 else loss.sum()).item()):  # a -inf logit
@@ -316,15 +260,9 @@ def label_smoothing_cross_entropy(
 
 
 def label_smoothing_cross_entropy_reference(
-    input: Tensor,
-    target: Tensor,
-    eps: float = 0.1,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    *,
-    ignore_index: int = -100,
-    spread: str = "uniform",
-) -> Tensor:
+    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+    ignore_index: int = -100, spread: str = "uniform",
+) -> Tensor:  # fmt: skip
     """The plain formula, for testing the fast path: build the dense smoothed target and take
     ``-Σ_c q_c·w_c·log p_c`` (float64 recommended). Index targets only; no -inf handling."""
     k = input.shape[1]
@@ -344,36 +282,20 @@ def label_smoothing_cross_entropy_reference(
 class LabelSmoothingCrossEntropy(nn.Module):
     """Label-smoothed cross-entropy; a drop-in for fastai's ``LabelSmoothingCrossEntropy``.
 
-    Args (positional order as fastai's):
-        eps: smoothing ε, finite and ``<= 1``; ``0`` is plain cross-entropy, ``< 0`` is negative
-            label smoothing.
-        weight: optional class weights, shape (K,), with PyTorch's semantics (a class's weight
-            also scales its share of the uniform mass; ``'mean'`` divides by ``Σ w_y``).
-        reduction: ``'mean'``, ``'sum'`` or ``'none'``; a plain attribute, so fastai's
-            ``NoneReduce`` can set it.
-        ignore_index: targets equal to it contribute nothing (segmentation void labels).
-        spread: ``'uniform'`` (ε/K, PyTorch/fastai/timm) or ``'others'`` (ε/(K-1), fairseq).
-
-    Shapes: logits (N, K) or (N, K, d1, ...); targets class indices (N, d1, ...) of any integer
-    dtype, or probabilities with the logits' shape (MixUp/CutMix, distillation).
-    See :func:`label_smoothing_cross_entropy` for the exact semantics.
-
-    fastai: ``y_int = True``; ``activation`` is softmax and ``decodes`` argmax, both over the
-    class axis 1 (fastai's own applies them on the last axis, fastai#3603). Pickles, so
-    ``learn.export()`` and ``load_learner()`` work.
+    Args (positional order as fastai's): ``eps`` (finite, ``<= 1``; ``< 0`` is negative label
+    smoothing), ``weight`` (K,) with PyTorch's semantics, ``reduction`` (a plain attribute that
+    fastai's ``NoneReduce`` sets), ``ignore_index``, ``spread`` ('uniform' or 'others'); shapes and
+    semantics as :func:`label_smoothing_cross_entropy`. fastai: ``y_int = True``; ``activation``
+    (softmax) and ``decodes`` (argmax) act on the class axis 1 (fastai's own on the last axis,
+    fastai#3603); pickles for ``learn.export()`` / ``load_learner()``.
     """
 
     y_int = True
 
     def __init__(
-        self,
-        eps: float = 0.1,
-        weight: Tensor | None = None,
-        reduction: str = "mean",
-        *,
-        ignore_index: int = -100,
-        spread: str = "uniform",
-    ) -> None:
+        self, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+        ignore_index: int = -100, spread: str = "uniform",
+    ) -> None:  # fmt: skip
         super().__init__()
         self.eps = _check_eps(eps)
         _check_choice("reduction", reduction, _REDUCTIONS)
@@ -442,30 +364,21 @@ class LabelSmoothingBCEWithLogits(nn.Module):
     y_int = False
 
     def __init__(
-        self,
-        eps: float = 0.1,
-        weight: Tensor | None = None,
-        reduction: str = "mean",
-        *,
-        pos_weight: Tensor | None = None,
-        thresh: float = 0.5,
-    ) -> None:
+        self, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+        pos_weight: Tensor | None = None, thresh: float = 0.5,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.eps = _check_eps(eps, low=0.0)
         _check_choice("reduction", reduction, _REDUCTIONS)
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.register_buffer(
-            "pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
-        )
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            self.register_buffer(name, None if value is None else torch.as_tensor(value, dtype=torch.float32))
         self.reduction = reduction
         self.thresh = thresh
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        _check_choice("reduction", self.reduction, _REDUCTIONS)
         if target.shape != input.shape:
-            raise ValueError(
-                f"target has shape {tuple(target.shape)}; it must match the logits' shape {tuple(input.shape)}"
-            )
+            raise ValueError(f"target has shape {tuple(target.shape)}; it must match the logits' "
+                             f"shape {tuple(input.shape)}")  # fmt: skip
         target = target.to(_compute_dtype(input.dtype))
         if _host_reads_ok(target) and ((target < 0) | (target > 1)).any():
             lo, hi = target.min().item(), target.max().item()
