@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Forward+backward time and peak memory of label-smoothed cross-entropy: lsmooth vs its peers.
 
+Modes (``--mode``): ``peers`` (default) times lsmooth against the losses people use instead;
+``ablation`` times lsmooth with and without each of its special branches; ``compiled`` times
+``torch.compile``d lsmooth against ``torch.compile``d ``F.cross_entropy`` (default backend).
+
 Implementations (all with eps = 0.1, 'uniform' convention, mean reduction):
 
     lsmooth   lsmooth.label_smoothing_cross_entropy(x, t, 0.1)
@@ -10,6 +14,12 @@ Implementations (all with eps = 0.1, 'uniform' convention, mean reduction):
     seed      the seed article's formula: lp = log_softmax(x, -1);
               (1-eps)*nll_loss(lp, t) + eps*(-lp.sum(-1)).mean()/K
     softmax   the floor: one out-of-place torch.softmax(x, 1), no autograd
+
+    lsmooth-no-fused   lsmooth without lsmooth/fused.py (the general path on the host)
+    lsmooth-device     lsmooth as it runs off the CPU: no host reads, so no host-decided shortcuts
+                       (ignore and -inf masks always computed) and no fused path
+    lsmooth-compiled   torch.compile(lsmooth), default inductor backend
+    torch-compiled     torch.compile(F.cross_entropy(label_smoothing=0.1))
 
 The four non-lsmooth losses are the "peers". Each loss is first checked against
 F.cross_entropy (value and gradient, computed in float32); one that disagrees is marked and
@@ -47,7 +57,13 @@ EPS = 0.1
 IMPLS = ("lsmooth", "torch", "fastai", "timm", "seed")
 PEERS = ("torch", "fastai", "timm", "seed")
 FLOOR = "softmax"
-ALL = IMPLS + (FLOOR,)
+# mode -> (implementations, the peers among them, the implementation under test)
+MODES = {
+    "peers": (IMPLS, PEERS, "lsmooth"),
+    "ablation": (("lsmooth", "lsmooth-no-fused", "lsmooth-device"), (), "lsmooth"),
+    "compiled": (("lsmooth-compiled", "torch-compiled"), ("torch-compiled",), "lsmooth-compiled"),
+}
+ALL = tuple(dict.fromkeys(n for impls, _, _ in MODES.values() for n in impls)) + (FLOOR,)
 
 # name -> (shape as given, flattened (rows, K), note)
 SHAPES = {
@@ -86,6 +102,24 @@ def make_impl(name: str):
         from lsmooth.losses import label_smoothing_cross_entropy
 
         return lambda x, t: label_smoothing_cross_entropy(x, t, EPS)
+    if name in ("lsmooth-no-fused", "lsmooth-device"):
+        from lsmooth import losses
+
+        # the branch is switched off only while the loss runs (forward; backward needs no switch)
+        key, off = ("fused_smoothed_nll", None) if name == "lsmooth-no-fused" else ("_host_reads_ok", lambda x: False)
+        on = getattr(losses, key)
+
+        def without_branch(x, t):
+            setattr(losses, key, off)
+            try:
+                return losses.label_smoothing_cross_entropy(x, t, EPS)
+            finally:
+                setattr(losses, key, on)
+
+        return without_branch
+    if name.endswith("-compiled"):
+        f = make_impl(name.removesuffix("-compiled"))
+        return torch.compile(f)
     if name == "torch":
         return lambda x, t: F.cross_entropy(x, t, label_smoothing=EPS)
     if name == "fastai":
@@ -367,10 +401,12 @@ def mem_child(spec: dict) -> dict:
     x, t = make_inputs(spec["shape"], DTYPES[spec["dtype"]], "cpu")
     # Warm-up on two rows: lazy initialisation (thread pools, autograd engine, kernels' first
     # use) is not part of the loss's cost.
+    # A compiled implementation compiles for each new shape: warm it up on the measured one.
+    warm = slice(None) if spec["impl"].endswith("-compiled") else slice(2)
     if spec["impl"] == FLOOR:
-        f(x[:2])
+        f(x[warm])
     else:
-        fwd_bwd(f, x[:2], t[:2])
+        fwd_bwd(f, x[warm], t[warm])
     probe = _PeakRSS()
     if spec["impl"] == FLOOR:
         keep = f(x)
@@ -435,7 +471,8 @@ def shape_label(name: str) -> str:
     return s if len(shape) == 2 else f"{s} → {flat}"
 
 
-def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, mem):
+def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, mem, mode="peers"):
+    _, peers, subject = MODES[mode]
     med = {n: statistics.median(v) for n, v in samples.items()}
     q = {}
     for n, v in samples.items():
@@ -444,7 +481,7 @@ def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, me
             q[n] = (qs[2] - qs[0]) / med[n]
         else:
             q[n] = (max(v) - min(v)) / med[n]
-    ok_peers = [p for p in PEERS if p in med and checks.get(p, (False,))[0]]
+    ok_peers = [p for p in peers if p in med and checks.get(p, (False,))[0]]
     fastest = min(ok_peers, key=med.get) if ok_peers else None
     rows = []
     for n in ALL:
@@ -467,10 +504,18 @@ def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, me
     k = x.shape[1]
     verdicts = []
     by = {r["impl"]: r for r in rows}
-    if "lsmooth" in by:
-        r = by["lsmooth"]
-        if r["check"] and not r["check"][0]:
-            verdicts.append("FAIL lsmooth disagrees with F.cross_entropy")
+    for n, r in by.items():
+        if r["check"] and not r["check"][0] and n not in PEERS:
+            verdicts.append(f"FAIL {n} disagrees with F.cross_entropy")
+    if mode == "ablation":
+        base = by["lsmooth"]["ms"]
+        for n in MODES["ablation"][0][1:]:
+            if n in by:
+                verdicts.append(f"{n}: {by[n]['ms'] / base:.2f}× lsmooth's time")
+    elif mode == "compiled" and subject in by and by[subject]["peer"] is not None:
+        verdicts.append(f"{subject}: {by[subject]['peer']:.2f}× {fastest}'s time")
+    elif subject in by:
+        r = by[subject]
         if r["peer"] is not None:
             target = TARGET_PEER_BIG if k >= 1000 else TARGET_PEER_SMALL
             verdicts.append(
@@ -482,7 +527,7 @@ def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, me
                 f"{'PASS' if r['floor'] <= TARGET_FLOOR else 'FAIL'} time {r['floor']:.2f}× softmax floor, "
                 f"target ≤ {TARGET_FLOOR}"
             )
-        peer_mem = [by[p]["mem"] for p in PEERS if p in by and by[p]["mem"] is not None]
+        peer_mem = [by[p]["mem"] for p in peers if p in by and by[p]["mem"] is not None]
         if r["mem"] is not None and peer_mem:
             # 2% slack: page granularity and allocator bookkeeping
             good = r["mem"] <= min(peer_mem) * 1.02
@@ -578,7 +623,14 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="3 reps, short samples: a smoke test, not a measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    p.add_argument("--impls", nargs="+", choices=list(IMPLS), help="subset of implementations (default: all)")
+    p.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="peers",
+        help="'peers' (default): lsmooth vs torch, fastai, timm, seed; 'ablation': lsmooth with and without each "
+        "special branch; 'compiled': torch.compile'd lsmooth vs torch.compile'd F.cross_entropy",
+    )
+    p.add_argument("--impls", nargs="+", choices=list(ALL[:-1]), help="subset of implementations (default: the mode's)")
     p.add_argument(
         "--threads",
         type=int,
@@ -599,6 +651,12 @@ def parse_args(argv=None):
         "round-robin order; 'default' leaves glibc as it is",
     )
     p.add_argument("--out", help="markdown output (default benchmarks/results/cpu.md or cuda-<gpu>.md; '-' for none)")
+    p.add_argument(
+        "--self-check",
+        action="store_true",
+        help="run the correctness gate on lsmooth, fastai and two deliberately wrong losses (eps 0.11, no "
+        "smoothing) at (512, 1000); exit 1 unless it accepts the first two and rejects the others",
+    )
     p.add_argument("--_mem-child", dest="mem_child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -608,6 +666,14 @@ def main(argv=None):
     if args.mem_child:
         print(json.dumps(mem_child(json.loads(args.mem_child))))
         return 0
+    if args.self_check:
+        x, t = make_inputs("512x1000", torch.float32, "cpu")
+        impls = {n: make_impl(n) for n in ("lsmooth", "fastai")}
+        impls["wrong eps"] = lambda x, t: F.cross_entropy(x, t, label_smoothing=EPS * 1.1)
+        impls["no smoothing"] = lambda x, t: F.cross_entropy(x, t)
+        verdict = {n: ok for n, (ok, _, _) in check(impls, x, t).items()}
+        print("correctness gate:", ", ".join(f"{n} {'accepted' if ok else 'rejected'}" for n, ok in verdict.items()))
+        return 0 if verdict == {"lsmooth": True, "fastai": True, "wrong eps": False, "no smoothing": False} else 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -618,14 +684,15 @@ def main(argv=None):
     if args.full and device == "cpu" and "8x2048x32000" not in shapes:
         shapes.append("8x2048x32000")
     dtypes = args.dtypes or (["fp32", "bf16", "fp16"] if device == "cuda" else ["fp32"])
-    impl_names = list(args.impls or IMPLS)
+    impl_names = list(args.impls or MODES[args.mode][0])
     here = os.path.dirname(os.path.abspath(__file__))
     if args.out is None:
         if device == "cuda":
             gpu = re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(0)).strip("-").lower()
-            args.out = os.path.join(here, "results", f"cuda-{gpu}.md")
+            args.out = f"cuda-{gpu}"
         else:
-            args.out = os.path.join(here, "results", "cpu.md")
+            args.out = "cpu"
+        args.out = os.path.join(here, "results", args.out + ("" if args.mode == "peers" else f"-{args.mode}") + ".md")
 
     import warnings
 
@@ -649,7 +716,7 @@ def main(argv=None):
         f"machine: {machine}",
         f"versions: {versions}",
         f"threads: {threads}",
-        f"device: {device}; eps = {EPS}; load average at start: {loadavg()}",
+        f"device: {device}; eps = {EPS}; mode: {args.mode}; load average at start: {loadavg()}",
     ]
     header.append(f"caches: {CACHE_NOTE[args.cache]}")
     if device == "cpu":
@@ -705,7 +772,7 @@ def main(argv=None):
                             {"impl": n, "shape": sname, "dtype": dtype_name, "threads": torch.get_num_threads()}
                         )
                         mem[n] = r["extra"] / r["logits"]
-            res = analyse(sname, dtype_name, x, samples, faults, number, reps, checks, mem)
+            res = analyse(sname, dtype_name, x, samples, faults, number, reps, checks, mem, args.mode)
             results.append(res)
             print(f"   {reps} reps, calls per sample: " + ", ".join(f"{n} {number[n]}" for n in number), flush=True)
             for line in table_lines(res, markdown=False):
@@ -722,19 +789,36 @@ def main(argv=None):
     return 0
 
 
-def summary_lines(results) -> list[str]:
-    """One markdown row per shape: lsmooth against the fastest peer and the floor (the README's table)."""
+def summary_lines(results, mode="peers") -> list[str]:
+    """One markdown row per shape: lsmooth against the fastest peer and the floor (the README's table);
+    in ablation mode, lsmooth's time with and without each branch."""
+    _, peers, subject = MODES[mode]
+    if mode == "ablation":
+        out = [
+            "| logits | lsmooth | without fused.py | gain of the fused path "
+            "| device path (no host reads) | gain of the host-decided shortcuts |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for res in results:
+            by = {r["impl"]: r["ms"] for r in res["rows"]}
+            full, no_fused, device = (by.get(n) for n in MODES["ablation"][0])
+            cells = [fmt_ms(v) + " ms" if v else "–" for v in (full, no_fused, device)]
+            gain_fused = f"{100 * (no_fused / full - 1):+.0f}%" if full and no_fused else "–"
+            gain_host = f"{100 * (device / no_fused - 1):+.0f}%" if device and no_fused else "–"
+            out.append(f"| {res['label']} {res['dtype']} | {cells[0]} | {cells[1]} | {gain_fused} | {cells[2]} "
+                       f"| {gain_host} |")  # fmt: skip
+        return out
     out = [
-        "| logits | lsmooth | fastest peer | ÷ fastest peer | ÷ softmax floor "
-        "| peak extra memory, lsmooth / peers' min |",
+        f"| logits | {subject} | fastest peer | ÷ fastest peer | ÷ softmax floor "
+        f"| peak extra memory, {subject} / peers' min |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         by = {r["impl"]: r for r in res["rows"]}
-        if "lsmooth" not in by:
+        if subject not in by:
             continue
-        r, best = by["lsmooth"], by.get(res["fastest"])
-        peer_mem = [by[p]["mem"] for p in PEERS if p in by and by[p]["mem"] is not None]
+        r, best = by[subject], by.get(res["fastest"])
+        peer_mem = [by[p]["mem"] for p in peers if p in by and by[p]["mem"] is not None]
         mem = f"{fmt_x(r['mem'])} / {fmt_x(min(peer_mem))}" if r["mem"] is not None and peer_mem else "–"
         out.append(
             f"| {res['label']} {res['dtype']} | {fmt_ms(r['ms'])} ms | "
@@ -755,12 +839,25 @@ def write_markdown(args, results, header, mem_note, command, date, device, elaps
     lines += [f"- {h}" for h in header]
     if mem_note:
         lines.append(f"- {mem_note}")
+    peers_text = {
+        "peers": "the fastest correct implementation among torch, fastai, timm and the seed formula",
+        "ablation": "(no peers in an ablation run)",
+        "compiled": "torch.compile'd F.cross_entropy(label_smoothing=0.1)",
+    }[args.mode]
+    if args.mode == "ablation":
+        lines += [
+            "",
+            "Ablation: lsmooth as shipped, without lsmooth/fused.py (`lsmooth-no-fused`), and as it runs off the "
+            "CPU (`lsmooth-device`: no host reads, so the ignore and -inf masks are always computed and there is "
+            "no fused path), timed interleaved in one run. The gain of a branch is the time without it over the "
+            "time with it, minus 1; a branch that gains under 5% at every shape does not earn its lines.",
+        ]
     lines += [
         "",
         "Forward + backward of the mean loss (eps = 0.1), median over interleaved repetitions. "
-        "`× fastest peer`: time over the fastest correct implementation among torch, fastai, timm and the seed "
-        "formula (marked *); `× softmax floor`: time over one out-of-place `torch.softmax` of the same logits "
-        "(no autograd). IQR: interquartile range of the repetitions, % of the median. "
+        f"`× fastest peer`: time over {peers_text} (marked *); "
+        "`× softmax floor`: time over one out-of-place `torch.softmax` of the same logits (no autograd). "
+        "IQR: interquartile range of the repetitions, % of the median. "
         "Peak extra memory: the most memory held during fwd+bwd beyond the inputs, gradient included (so 1.00× "
         "is the least possible), as a multiple of the logits' size.",
     ]
@@ -778,13 +875,14 @@ def write_markdown(args, results, header, mem_note, command, date, device, elaps
                 "The issue's sequence shape (8, 2048, 32000) is 2.1 GB of fp32 logits; on CPU the default run uses "
                 "(8, 256, 32000) instead. Run it with `--full` (CPU) or on a GPU (default there).",
             ]
-    lines += ["", "## Summary", ""] + summary_lines(results)
+    lines += ["", "## Summary", ""] + summary_lines(results, args.mode)
     for res in results:
         lines += ["", f"## {res['label']} {res['dtype']}", ""]
         lines.append(f"{res['note']}; logits {res['logits_mb']:.1f} MiB; {res['reps']} repetitions.")
         lines.append("")
         lines += table_lines(res, markdown=True)
-        lines += ["", "Targets for lsmooth: " + "; ".join(res["verdicts"]) + "."]
+        label = "Targets for lsmooth: " if args.mode == "peers" else "Result: "
+        lines += ["", label + "; ".join(res["verdicts"]) + "."]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
