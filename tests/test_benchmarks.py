@@ -13,7 +13,7 @@ BENCH = ROOT / "benchmarks" / "bench_loss.py"
 
 
 def run(argv, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHON=sys.executable)  # PYTHON: the interpreter gpu.sh uses
     res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return res.stdout
