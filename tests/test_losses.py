@@ -434,7 +434,7 @@ def test_one_exponentiating_pass_for_forward_and_backward():
                 self.calls.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
-    x = torch.randn(300, 1000, requires_grad=True)  # above _SMALL: the autograd.Function
+    x = torch.randn(300, 1000, requires_grad=True)  # above fused.MIN_LOGITS: the fused path
     t = torch.randint(0, 1000, (300,))
     with CountExpPasses() as ours:
         label_smoothing_cross_entropy(x, t, 0.1).backward()
