@@ -360,14 +360,13 @@ def plot_reliability(
     left, width = bins.edges[:-1], np.diff(bins.edges)
     full = bins.counts > 0
     sparse = full & (bins.counts < min_count)
-    prefix = f"{label}: " if label else ""
     for mask, faded in ((full & ~sparse, False), (sparse, True)):
         if not mask.any():
             continue
         style = {"alpha": 0.35, "hatch": "//"} if faded else {"alpha": 0.8}
         ax.bar(left[mask], bins.accuracy[mask], width=width[mask], align="edge", color="tab:blue",
                edgecolor="black", label=f"accuracy, bin with < {min_count} samples" if faded
-               else f"{prefix}accuracy (ECE {bins.ece:.3f})", **style)
+               else f"accuracy (ECE {bins.ece:.3f})", **style)
     gap = bins.confidence[full] - bins.accuracy[full]
     ax.bar(left[full], gap, bottom=bins.accuracy[full], width=width[full], align="edge", color="tab:red",
            alpha=0.3, edgecolor="tab:red", label="gap to mean confidence")

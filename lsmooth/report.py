@@ -31,7 +31,11 @@ __all__ = [
     "SUMMARY_MD",
     "arm_label",
     "calibration_markdown",
+    "describe_arms",
+    "describe_confidence",
     "describe_difference",
+    "describe_temperature",
+    "describe_vs_noise",
     "format_table",
     "load_curves",
     "load_preds",
@@ -43,7 +47,10 @@ __all__ = [
     "plot_reliability_arms",
     "plot_vs_noise",
     "pooled_preds",
+    "provenance_lines",
+    "resolved_differences",
     "snippet",
+    "summary_markdown",
     "summarize",
     "t_interval",
     "write_summary",
@@ -217,10 +224,17 @@ def calibration_markdown(summary: Sequence[dict]) -> str:
     return _markdown(*_calibration_table(summary)) + "\n"
 
 
+def _name(metric: str) -> str:
+    """``'ece_ts'`` -> ``'ECE after temperature scaling'``."""
+    base = metric.removesuffix("_ts")
+    name = {"ece": "ECE", "nll": "NLL", "brier": "Brier"}.get(base, base.replace("_", " "))
+    return name + (" after temperature scaling" if metric.endswith("_ts") else "")
+
+
 def describe_difference(d: dict, metric: str = "error_rate") -> str:
     """One sentence reading a paired difference: its size, interval, and whether 0 is inside."""
     pct = metric.startswith("error")
-    name = metric.replace("_ts", " after temperature scaling").replace("_", " ")
+    name = _name(metric)
     head = f"{d['arm']} − {d['baseline']}: {name} {_ci(d, metric, pct=pct)} over {d['n_pairs']} paired seed(s)"
     lo, hi = d.get(f"{metric}_ci_lo", math.nan), d.get(f"{metric}_ci_hi", math.nan)
     if math.isnan(lo):
@@ -255,6 +269,72 @@ def format_table(summary: Sequence[dict], diffs: Sequence[dict]) -> str:
     if diffs:
         text += "\n\npaired difference per seed, mean [95% t-interval]\n" + _plain(*_diff_table(diffs))
     return text
+
+
+# ---------------------------------------------------------------- sentences (notebook prose from the data)
+def _value(mean: float, metric: str) -> str:
+    return f"{100 * mean:.2f}%" if metric.startswith("error") else f"{mean:.3f}"
+
+
+def describe_arms(summary: Sequence[dict], metric: str = "error_rate") -> str:
+    """``'eps=0 1.02 ± 0.32% (3 seeds), eps=0.1 0.93 ± 0.43% (3 seeds)'``: mean ± std per arm."""
+    pct, digits = metric.startswith("error"), 2 if metric == "temperature" else 3
+    return ", ".join(f"{s['arm']} {_pm(s[f'{metric}_mean'], s[f'{metric}_std'], pct=pct, digits=digits)} "
+                     f"({s['n_seeds']} seed{'s' * (s['n_seeds'] > 1)})" for s in summary)
+
+
+def describe_confidence(rows: Sequence[dict], noise: float = 0.0) -> str:
+    """Per arm at ``noise``, seeds pooled: ECE, mean confidence against accuracy, and which way it errs."""
+    from lsmooth.metrics import ece
+
+    parts = []
+    for e in sorted({r["eps"] for r in rows if r["noise"] == noise}):
+        got = pooled_preds(rows, e, noise)
+        if got is None:
+            return f"some runs have no {PREDS_FILE}: no pooled calibration"
+        probs, y = got
+        conf, acc = float(probs.max(1).values.mean()), float((probs.argmax(1) == y).double().mean())
+        way = "over-confident" if conf > acc else "under-confident"
+        parts.append(f"{arm_label(e, noise)}: pooled ECE {ece(probs, y):.3f}, mean confidence {100 * conf:.1f}% "
+                     f"against {100 * acc:.1f}% accuracy ({way} by {100 * abs(conf - acc):.1f} points)")
+    return "; ".join(parts) + "."
+
+
+def describe_temperature(summary: Sequence[dict]) -> str:
+    """Per arm: the fitted T, what it does, and ECE and NLL before → after scaling (held-out halves)."""
+    parts = []
+    for s in summary:
+        t = s["temperature_mean"]
+        if math.isnan(t):
+            continue
+        way = "sharpens" if t < 1 else "softens"
+        nll_way = "lowers" if s["nll_ts_mean"] < s["nll_mean"] else "raises"
+        parts.append(f"{s['arm']}: T = {_pm(t, s['temperature_std'], digits=2)} ({way} the predictions); ECE "
+                     f"{s['ece_mean']:.3f} → {s['ece_ts_mean']:.3f}, and it {nll_way} the held-out NLL "
+                     f"({s['nll_mean']:.3f} → {s['nll_ts_mean']:.3f})")
+    return "; ".join(parts) + "." if parts else "No temperature scaling: the runs saved no predictions."
+
+
+def describe_vs_noise(summary: Sequence[dict], metric: str = "error_rate") -> str:
+    """Per noise rate: the range of ``metric`` over the eps arms and the arm with the lowest mean."""
+    parts = []
+    for n in sorted({s["noise"] for s in summary}):
+        mine = sorted((s[f"{metric}_mean"], s["eps"]) for s in summary if s["noise"] == n)
+        parts.append(f"at {100 * n:g}% noise {_value(mine[0][0], metric)}–{_value(mine[-1][0], metric)} "
+                     f"(lowest: eps={mine[0][1]:g})")
+    return f"{metric.replace('_', ' ')} (mean over seeds) " + "; ".join(parts) + "."
+
+
+def resolved_differences(diffs: Sequence[dict], metric: str = "error_rate") -> str:
+    """Which paired differences have a 95% interval that excludes 0 (the ones these seeds resolve)."""
+    pct = metric.startswith("error")
+    clear = [d for d in diffs if f"{metric}_ci_lo" in d and not math.isnan(d[f"{metric}_ci_lo"])
+             and (d[f"{metric}_ci_lo"] > 0 or d[f"{metric}_ci_hi"] < 0)]
+    name = _name(metric)
+    if not clear:
+        return f"No {name} difference has a 95% interval that excludes 0: these seeds resolve none of them."
+    return (f"{len(clear)} of {len(diffs)} {name} differences have a 95% interval that excludes 0: "
+            + "; ".join(f"{d['arm']} ({_ci(d, metric, pct=pct)})" for d in clear) + ".")
 
 
 # ---------------------------------------------------------------- plots
@@ -338,14 +418,16 @@ def plot_vs_noise(summary: Sequence[dict], metric: str = "error_rate", ax=None):
 
 
 # ---------------------------------------------------------------- summary files
-def _provenance_lines(data: dict) -> list[str]:
+def provenance_lines(data: dict) -> list[str]:
+    """Where the numbers of a summary.json come from: command, machine(s), settings."""
     p = data.get("provenance", {})
     lines = [f"command: {p['command']}"] if p.get("command") else []
     machines = [_machine(c["environment"]) for sw in p.get("sweeps", []) for c in sw.get("commands", [])]
     lines += [f"machine: {m}" for m in dict.fromkeys(machines)]
     s = data["settings"]
     lines.append(f"{data['n_runs']} runs: {s.get('dataset')} {s.get('arch')}, {s.get('epochs')} epochs, size "
-                 f"{s.get('size')}; validation set, ECE with 15 bins; TS = temperature scaling (2-fold cross-fitted)")
+                 f"{s.get('size')}, metrics on the validation set")
+    lines.append("ECE with 15 bins; TS = temperature scaling, 2-fold cross-fitted")
     return lines
 
 
@@ -378,9 +460,14 @@ def write_summary(rows: Sequence[dict], out: str | os.PathLike, baseline_eps: fl
             "arms": summary, "paired_differences": diffs, "temperature_scaling": TS_NOTE}
     data["plots"], data["notes"] = _write_plots(rows, summary, out)
     atomic_write_json(out / SUMMARY_JSON, data)
-    head = "".join(f"- {line}\n" for line in _provenance_lines(data))
-    atomic_write_text(out / SUMMARY_MD, head + "\n" + markdown_tables(summary, diffs))
+    atomic_write_text(out / SUMMARY_MD, summary_markdown(data))
     return data
+
+
+def summary_markdown(data: dict) -> str:
+    """summary.md: the provenance lines and both tables of a summary.json."""
+    head = "".join(f"- {line}\n" for line in provenance_lines(data))
+    return head + "\n" + markdown_tables(data["arms"], data["paired_differences"])
 
 
 def _write_plots(rows: Sequence[dict], summary: Sequence[dict], out: Path) -> tuple[list[str], list[str]]:
@@ -440,7 +527,7 @@ def snippet(data: dict, markdown: bool = False) -> str:
     """
     arms, diffs = _snippet_tables(data)
     table = _markdown if markdown else _plain
-    lines = _provenance_lines(data)
+    lines = provenance_lines(data)
     prov = "\n".join(f"- {line}" for line in lines) if markdown else "\n".join(lines)
     text = f"{prov}\n\n{table(*arms)}\n"
     if diffs[1]:

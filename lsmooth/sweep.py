@@ -232,9 +232,11 @@ def run_jobs(
 
 
 # ---------------------------------------------------------------- the sweep folder
-def check_sweep_folder(out: str | os.PathLike, settings: dict, command: str | None = None) -> None:
-    """Record ``settings`` (and ``command`` with this machine) in ``out/sweep.json``, or refuse a
-    folder whose sweep.json holds other settings (SweepError naming the first difference)."""
+def check_sweep_folder(out: str | os.PathLike, settings: dict, command: str | None = None,
+                       threads: int | None = None) -> None:
+    """Record ``settings`` (and ``command`` with this machine and the runs' torch ``threads``) in
+    ``out/sweep.json``, or refuse a folder whose sweep.json holds other settings (SweepError naming
+    the first difference)."""
     f = Path(out) / SWEEP_FILE
     record = json.loads(f.read_text()) if f.exists() else {"settings": settings, "commands": []}
     k = _first_difference(record["settings"], settings)
@@ -242,17 +244,18 @@ def check_sweep_folder(out: str | os.PathLike, settings: dict, command: str | No
         raise SweepError(f"{out} holds a sweep with {k}={record['settings'].get(k)!r}, not {settings.get(k)!r}; "
                          f"use another --out (or the same settings to resume)")
     record["commands"].append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                               "environment": _machine()})
+                               "environment": _machine(threads)})
     atomic_write_json(f, record)
 
 
-def _machine() -> dict:
+def _machine(threads: int | None) -> dict:
     import torch
 
     cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
                 if line.startswith("model name")), None)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return environment("cuda" if torch.cuda.is_available() else "cpu", cpu=cpu, load_avg=load)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return environment(device, cpu=cpu, load_avg=load, torch_threads=threads or torch.get_num_threads())
 
 
 def _read_lines(path: str) -> list[str]:
@@ -305,7 +308,7 @@ def run_sweep(base, eps: Sequence[float], noise: Sequence[float], seeds: Sequenc
     if jobs:
         shared = {k: v for k, v in dataclasses.asdict(resolved[0]).items() if k not in PER_RUN}
         settings = json.loads(json.dumps(shared, default=str))  # as sweep.json and the results file hold them
-        check_sweep_folder(out, settings, command)
+        check_sweep_folder(out, settings, command, resolved[0].threads)
         configs = {j.key: dataclasses.replace(base, eps=j.eps, noise=j.noise, seed=j.seed,
                                               name=f"eps{j.eps:g}-noise{j.noise:g}-s{j.seed}") for j in jobs}
         run_jobs(jobs, lambda j: train(configs[j.key]), results_file(out, shard_of), settings, [out], log)

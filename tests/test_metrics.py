@@ -358,7 +358,7 @@ def test_plot_reliability_draws_diagram_gaps_and_counts_panel(tmp_path):
     # the counts panel holds every sample, bin by bin
     assert [p.get_height() for p in axs[1, 0].patches] == bins.counts[full].tolist()
     legend = [t.get_text() for t in axs[0, 0].get_legend().get_texts()]
-    assert f"baseline: accuracy (ECE {ece(probs, targets):.3f})" in legend and axs[0, 0].get_title() == "baseline"
+    assert f"accuracy (ECE {ece(probs, targets):.3f})" in legend and axs[0, 0].get_title() == "baseline"
     sparse_bins = reliability_bins(sharp, targets, 10)
     if ((sparse_bins.counts > 0) & (sparse_bins.counts < 30)).any():
         assert "accuracy, bin with < 30 samples" in [t.get_text() for t in axs[0, 1].get_legend().get_texts()]

@@ -12,6 +12,7 @@ import pytest
 from fake_runs import SETTINGS, fake_row, fake_run_dir
 
 from lsmooth.report import SUMMARY_JSON
+from lsmooth.runs import FINAL_FILE
 from lsmooth.sweep import (
     SWEEP_FILE,
     Job,
@@ -154,8 +155,6 @@ def test_merge_summarises_folders_with_their_provenance(tmp_path):
 
 def test_run_sweep_trains_the_grid_resumes_and_refuses_other_settings(tmp_path, tiny_dir, monkeypatch):
     import lsmooth.train
-
-    from lsmooth.runs import FINAL_FILE
 
     trained = []
 
