@@ -367,9 +367,10 @@ def plot_reliability(
         ax.bar(left[mask], bins.accuracy[mask], width=width[mask], align="edge", color="tab:blue",
                edgecolor="black", label=f"accuracy, bin with < {min_count} samples" if faded
                else f"accuracy (ECE {bins.ece:.3f})", **style)
-    gap = bins.confidence[full] - bins.accuracy[full]
-    ax.bar(left[full], gap, bottom=bins.accuracy[full], width=width[full], align="edge", color="tab:red",
-           alpha=0.3, edgecolor="tab:red", label="gap to mean confidence")
+    for mask, alpha in ((full & ~sparse, 0.3), (sparse, 0.12)):
+        ax.bar(left[mask], bins.confidence[mask] - bins.accuracy[mask], bottom=bins.accuracy[mask], width=width[mask],
+               align="edge", color="tab:red", alpha=alpha, edgecolor="tab:red",
+               label="gap to mean confidence" if alpha == 0.3 else None)
     ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=label or "")
     ax.tick_params(labelbottom=False)

@@ -425,8 +425,9 @@ def provenance_lines(data: dict) -> list[str]:
     machines = [_machine(c["environment"]) for sw in p.get("sweeps", []) for c in sw.get("commands", [])]
     lines += [f"machine: {m}" for m in dict.fromkeys(machines)]
     s = data["settings"]
-    lines.append(f"{data['n_runs']} runs: {s.get('dataset')} {s.get('arch')}, {s.get('epochs')} epochs, size "
-                 f"{s.get('size')}, metrics on the validation set")
+    time_s = f" ({data['run_time_s']:.0f} s of run time in all)" if data.get("run_time_s") else ""
+    lines.append(f"{data['n_runs']} runs{time_s}: {s.get('dataset')} {s.get('arch')}, {s.get('epochs')} epochs, "
+                 f"size {s.get('size')}, metrics on the validation set")
     lines.append("ECE with 15 bins; TS = temperature scaling, 2-fold cross-fitted")
     return lines
 
@@ -456,7 +457,8 @@ def write_summary(rows: Sequence[dict], out: str | os.PathLike, baseline_eps: fl
     diffs = paired_differences(rows, baseline_eps)
     cols = [k for k in summary[0] if k != "seeds"]
     atomic_write_csv(out / SUMMARY_CSV, cols, [[s[k] for k in cols] for s in summary])
-    data = {"n_runs": len(rows), "settings": rows[0]["settings"], "provenance": provenance or {},
+    data = {"n_runs": len(rows), "run_time_s": sum(r.get("wall_time_s", 0) for r in rows),
+            "settings": rows[0]["settings"], "provenance": provenance or {},
             "arms": summary, "paired_differences": diffs, "temperature_scaling": TS_NOTE}
     data["plots"], data["notes"] = _write_plots(rows, summary, out)
     atomic_write_json(out / SUMMARY_JSON, data)
@@ -531,5 +533,6 @@ def snippet(data: dict, markdown: bool = False) -> str:
     prov = "\n".join(f"- {line}" for line in lines) if markdown else "\n".join(lines)
     text = f"{prov}\n\n{table(*arms)}\n"
     if diffs[1]:
-        text += f"\npaired difference per seed, mean [95% t-interval]:\n\n{table(*diffs)}\n"
+        gap = "\n\n" if markdown else "\n"  # a markdown table needs a blank line above it
+        text += f"\npaired difference per seed, mean [95% t-interval]:{gap}{table(*diffs)}\n"
     return text

@@ -197,6 +197,10 @@ def load_results(*paths: str | os.PathLike) -> list[dict]:
     return sorted(rows, key=lambda r: (r["noise"], r["eps"], r["seed"]))
 
 
+def _done_keys(paths: Iterable[str | os.PathLike]) -> set[str]:
+    return {r["key"] for f in _results_files(paths) for r in read_results(f)}
+
+
 def run_jobs(
     jobs: Sequence[Job],
     train_one: Callable[[Job], dict],
@@ -212,8 +216,7 @@ def run_jobs(
     (everything shared by the grid) and temperature scaling of the run's validation predictions.
     """
     results = Path(results)
-    done = {r["key"] for f in [*_results_files(done_from), *([results] if results.exists() else [])]
-            for r in read_results(f)}
+    done = _done_keys([*done_from, *([results] if results.exists() else [])])
     todo = [j for j in jobs if j.key not in done]
     log(f"sweep: {len(jobs)} runs in this grid, {len(jobs) - len(todo)} already done, {len(todo)} to run")
     new = []
@@ -234,17 +237,18 @@ def run_jobs(
 # ---------------------------------------------------------------- the sweep folder
 def check_sweep_folder(out: str | os.PathLike, settings: dict, command: str | None = None,
                        threads: int | None = None) -> None:
-    """Record ``settings`` (and ``command`` with this machine and the runs' torch ``threads``) in
-    ``out/sweep.json``, or refuse a folder whose sweep.json holds other settings (SweepError naming
-    the first difference)."""
+    """Record ``settings`` in ``out/sweep.json``, or refuse a folder whose sweep.json holds other
+    settings (SweepError naming the first difference). A ``command`` is recorded with this machine
+    and the runs' torch ``threads``."""
     f = Path(out) / SWEEP_FILE
     record = json.loads(f.read_text()) if f.exists() else {"settings": settings, "commands": []}
     k = _first_difference(record["settings"], settings)
     if k is not None:
         raise SweepError(f"{out} holds a sweep with {k}={record['settings'].get(k)!r}, not {settings.get(k)!r}; "
                          f"use another --out (or the same settings to resume)")
-    record["commands"].append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                               "environment": _machine(threads)})
+    if command is not None:
+        record["commands"].append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                                   "environment": _machine(threads)})
     atomic_write_json(f, record)
 
 
@@ -308,7 +312,8 @@ def run_sweep(base, eps: Sequence[float], noise: Sequence[float], seeds: Sequenc
     if jobs:
         shared = {k: v for k, v in dataclasses.asdict(resolved[0]).items() if k not in PER_RUN}
         settings = json.loads(json.dumps(shared, default=str))  # as sweep.json and the results file hold them
-        check_sweep_folder(out, settings, command, resolved[0].threads)
+        trains = any(j.key not in _done_keys([out]) for j in jobs)  # a rerun with nothing to do is not recorded
+        check_sweep_folder(out, settings, command if trains else None, resolved[0].threads)
         configs = {j.key: dataclasses.replace(base, eps=j.eps, noise=j.noise, seed=j.seed,
                                               name=f"eps{j.eps:g}-noise{j.noise:g}-s{j.seed}") for j in jobs}
         run_jobs(jobs, lambda j: train(configs[j.key]), results_file(out, shard_of), settings, [out], log)

@@ -353,8 +353,9 @@ def test_plot_reliability_draws_diagram_gaps_and_counts_panel(tmp_path):
     full = bins.counts > 0
     # accuracy bars (full bins) + gap bars (full bins); the gap of a bin spans accuracy -> mean confidence
     assert len(axs[0, 0].patches) == 2 * full.sum()
-    gaps = axs[0, 0].patches[-int(full.sum()):]
+    gaps = sorted(axs[0, 0].patches[-int(full.sum()):], key=lambda p: p.get_x())
     assert_close([p.get_y() + p.get_height() for p in gaps], bins.confidence[full].tolist(), rtol=0, atol=1e-12)
+    assert_close([p.get_y() for p in gaps], bins.accuracy[full].tolist(), rtol=0, atol=1e-12)
     # the counts panel holds every sample, bin by bin
     assert [p.get_height() for p in axs[1, 0].patches] == bins.counts[full].tolist()
     legend = [t.get_text() for t in axs[0, 0].get_legend().get_texts()]

@@ -12,18 +12,24 @@ from fake_runs import fake_row
 from scipy import stats
 from torch.testing import assert_close
 
-from lsmooth.metrics import temperature_scaling
+from lsmooth.metrics import ece, temperature_scaling
 from lsmooth.report import (
     SUMMARY_CSV,
     SUMMARY_JSON,
     SUMMARY_MD,
+    describe_arms,
+    describe_confidence,
     describe_difference,
+    describe_temperature,
+    describe_vs_noise,
     format_table,
     load_curves,
     load_summary,
     markdown_tables,
     paired_differences,
     plot_reliability_arms,
+    pooled_preds,
+    resolved_differences,
     snippet,
     summarize,
     t_interval,
@@ -153,3 +159,26 @@ def test_snippet_renders_the_headline_of_a_summary(tmp_path):
     assert "eps=0.1  3      10.00 ± 1.00%" in text and "eps=0.1 − eps=0  3      -1.00 pts [-1.00, -1.00]" in text
     md = snippet(data, markdown=True)
     assert "| eps=0 | 3 | 11.00 ± 1.00% |" in md and md.startswith("- command: ")
+
+
+# ---------------------------------------------------------------- sentences the notebooks show
+def test_sentences_read_the_numbers_of_the_summary(tmp_path):
+    rows = with_ts([fake_row(tmp_path, e, s, 0.1 + 0.01 * s + e / 10, noise=n)
+                    for n in (0.0, 0.4) for e in (0.0, 0.1) for s in range(3)])
+    summary, diffs = summarize(rows), paired_differences(rows)
+    assert describe_arms(summary[:2]) == "eps=0 11.00 ± 1.00% (3 seeds), eps=0.1 12.00 ± 1.00% (3 seeds)"
+    assert describe_vs_noise(summary) == ("error rate (mean over seeds) at 0% noise 11.00%–12.00% (lowest: eps=0); "
+                                          "at 40% noise 11.00%–12.00% (lowest: eps=0).")
+    assert resolved_differences(diffs) == ("2 of 2 error rate differences have a 95% interval that excludes 0: "
+                                           "eps=0.1 (+1.00 pts [+1.00, +1.00]); "
+                                           "eps=0.1 noise=0.4 (+1.00 pts [+1.00, +1.00]).")
+    assert resolved_differences(diffs, "nll").startswith("No NLL difference has a 95% interval that excludes 0")
+    s = summary[0]
+    assert describe_temperature(summary[:1]) == (
+        f"eps=0: T = {s['temperature_mean']:.2f} ± {s['temperature_std']:.2f} (softens the predictions); ECE "  # fake rows: NLL 0.1 as given
+        f"0.050 → {s['ece_ts_mean']:.3f}, and it raises the held-out NLL (0.100 → {s['nll_ts_mean']:.3f}).")
+    probs, y = pooled_preds(rows, 0.0)
+    conf, acc = float(probs.max(1).values.mean()), float((probs.argmax(1) == y).double().mean())
+    assert conf > acc and describe_confidence(rows).startswith(
+        f"eps=0: pooled ECE {ece(probs, y):.3f}, mean confidence {100 * conf:.1f}% against {100 * acc:.1f}% "
+        f"accuracy (over-confident by {100 * (conf - acc):.1f} points); eps=0.1: ")

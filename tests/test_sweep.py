@@ -171,8 +171,10 @@ def test_run_sweep_trains_the_grid_resumes_and_refuses_other_settings(tmp_path, 
     assert trained == [(0, 0), (0, 1), (0.1, 0), (0.1, 1)] and data["n_runs"] == 4
     assert (out / "runs").is_dir() and (out / SUMMARY_JSON).exists()
     assert data["provenance"]["sweeps"][0]["settings"]["epochs"] == 1
-    run_sweep(base, [0, 0.1, 0.2], [0], [0, 1], out, command="cmd", log=lambda s: None)  # one arm more
+    run_sweep(base, [0, 0.1], [0], [0, 1], out, command="again", log=lambda s: None)  # nothing to do
+    run_sweep(base, [0, 0.1, 0.2], [0], [0, 1], out, command="more", log=lambda s: None)  # one arm more
     assert trained[4:] == [(0.2, 0), (0.2, 1)]
+    assert [c["command"] for c in json.loads((out / SWEEP_FILE).read_text())["commands"]] == ["cmd", "more"]
     with pytest.raises(SweepError, match="epochs=1, not 2"):
         run_sweep(dataclasses.replace(base, epochs=2), [0], [0], [0], out, log=lambda s: None)
     with pytest.raises(lsmooth.train.ConfigError):
