@@ -333,7 +333,9 @@ def resolved_differences(diffs: Sequence[dict], metric: str = "error_rate") -> s
     name = _name(metric)
     if not clear:
         return f"No {name} difference has a 95% interval that excludes 0: these seeds resolve none of them."
-    return (f"{len(clear)} of {len(diffs)} {name} differences have a 95% interval that excludes 0: "
+    verb = "has" if len(clear) == 1 else "have"
+    return (f"{len(clear)} of {len(diffs)} {name} difference{'s' * (len(diffs) > 1)} {verb} a 95% interval that "
+            "excludes 0: "
             + "; ".join(f"{d['arm']} ({_ci(d, metric, pct=pct)})" for d in clear) + ".")
 
 

@@ -41,7 +41,7 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=Fu
 import torch  # noqa: E402
 
 from lsmooth.cli import USER_ERRORS, Parser, add_config_flags, config_from_args, error_line  # noqa: E402
-from lsmooth.report import format_table, provenance_lines  # noqa: E402
+from lsmooth.report import SUMMARY_CSV, SUMMARY_JSON, SUMMARY_MD, format_table, provenance_lines  # noqa: E402
 from lsmooth.sweep import SweepError, merge, parse_shard, run_sweep  # noqa: E402
 
 PROG = "compare.py"
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
         return 130
     print("", *provenance_lines(data)[-2:], format_table(data["arms"], data["paired_differences"]), sep="\n")
-    print(*(f"note: {note}" for note in data["notes"]), f"written to {args.out}: summary.json, summary.md, "
-          f"summary.csv, {', '.join(data['plots'])}", sep="\n")
+    print(*(f"note: {note}" for note in data["notes"]), f"written to {args.out}: "
+          + ", ".join([SUMMARY_JSON, SUMMARY_MD, SUMMARY_CSV, *data["plots"]]), sep="\n")
     return 0
 
 
