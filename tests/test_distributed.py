@@ -50,9 +50,10 @@ def test_two_processes_write_once_and_resume_after_sigkill(tiny_dir, tmp_path):
     pytest.importorskip("accelerate")
     env = recipe_env(OMP_NUM_THREADS="1")
     full = subprocess.run(_torchrun(*tiny_argv(tiny_dir, tmp_path / "full")), capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=env, cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     (ref,) = (tmp_path / "full").iterdir()  # one run folder, written by rank 0 only
+    assert [p.name for p in tmp_path.iterdir()] == ["full"]  # and nothing else anywhere
     assert {p.name for p in ref.iterdir()} == {CONFIG_FILE, ENV_FILE, METRICS_FILE, FINAL_FILE, PREDS_FILE}
     assert json.loads((ref / CONFIG_FILE).read_text())["processes"] == 2
     assert full.stdout.count("run folder:") == 1 and full.stdout.count("data:") == 1  # rank 0 prints
@@ -60,13 +61,14 @@ def test_two_processes_write_once_and_resume_after_sigkill(tiny_dir, tmp_path):
     assert torch.load(ref / PREDS_FILE)["probs"].shape == (44, 37)  # not gathered twice
 
     proc = subprocess.Popen(_torchrun(*tiny_argv(tiny_dir, tmp_path / "cut")), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     try:
         ckpt = wait_for(tmp_path / "cut", f"*/{CHECKPOINT_FILE}", proc)
     finally:
         _kill_tree(proc)
     assert not (ckpt.parent / FINAL_FILE).exists()
-    res = subprocess.run(_torchrun("--resume", ckpt.parent), capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(_torchrun("--resume", ckpt.parent), capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert final_metrics(ckpt.parent) == final_metrics(ref)
     assert epochs_table(ckpt.parent) == epochs_table(ref)
