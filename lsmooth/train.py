@@ -412,7 +412,7 @@ def _fit(cfg: Config, data: ImageData, run_dir: Path | None, ckpt: dict | None, 
         cbs = [*cbs, *checkpoint.restore(learn, ckpt)]
         if rank:  # init and label noise come from cfg.seed on every rank; augmentation should not
             set_seed(cfg.seed + rank, reproducible=True)
-        with contextlib.ExitStack() if cfg.progress else _quiet(learn):
+        with contextlib.nullcontext() if cfg.progress else _quiet(learn):
             t_fit = time.perf_counter()
             try:
                 distributed.fit_one_cycle(learn, cfg.epochs, cfg.lr, cbs=cbs, start_epoch=start)
