@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from urllib.error import URLError
 
@@ -124,6 +125,14 @@ def test_unwritable_out_is_a_config_error(tmp_path, tiny_dir):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ConfigError, match="--out"):
         train(tiny_config(tiny_dir, tmp_path / "a_file" / "runs"))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_out_is_a_config_error(tmp_path, tiny_dir):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="--out.*cannot write"):
+        train(tiny_config(tiny_dir, locked))
 
 
 def test_bs_larger_than_the_training_set(tmp_path, tiny_dir):
