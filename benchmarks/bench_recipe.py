@@ -19,12 +19,16 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 
-import torch
-from fastai.callback.core import Callback
-from fastai.losses import CrossEntropyLossFlat
+# fastai's import calls torch.jit.script, deprecated in recent torch: a line of noise on stderr.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-from lsmooth.train import Config, resolve, train
+import torch  # noqa: E402
+from fastai.callback.core import Callback  # noqa: E402
+from fastai.losses import CrossEntropyLossFlat  # noqa: E402
+
+from lsmooth.train import Config, resolve, train  # noqa: E402
 
 
 class AlternateLoss(Callback):

@@ -68,7 +68,8 @@ def _opt_state(opt) -> dict:
 class Checkpoint(Callback):
     """End of each epoch: everything a run needs to go on exactly as if it never stopped; atomic.
 
-    Every rank takes part (its random streams are gathered); only rank 0 writes.
+    Every rank takes part (its random streams are gathered); only rank 0 writes. fastai's
+    SaveModelCallback keeps model and optimizer only, non-atomically (module docstring).
     """
 
     order = 75  # after EpochLog (70): checkpoint epoch e means metrics.csv already has row e

@@ -3,6 +3,17 @@
 fastai's ``learn.distrib_ctx()`` does the work (DistributedDataParallel, a shard of every batch per
 process); this module starts the process group and holds the few helpers :mod:`lsmooth.train`
 and :mod:`lsmooth.checkpoint` need. In a single process every helper is a no-op.
+
+    accelerate launch --multi_gpu --num_processes 4 recipes/pets.py
+    torchrun --nproc_per_node 2 recipes/pets.py --dataset tiny    # 2 CPU processes (gloo), as tested
+
+``--bs`` is per process (effective batch = bs x processes). Only rank 0 prints and writes the run
+folder; the split and the label noise are the same on every rank, augmentation draws from
+seed + rank; BatchNorm is synchronised on GPUs (SyncBatchNorm). On CPUs each rank's BatchNorm
+statistics drift apart slightly, so per-epoch validation numbers mix ranks; final.json is rank 0's
+model on the whole validation set. ``accelerate launch --cpu --num_processes 2`` starts a single
+process (accelerate's multi-CPU mode goes through mpirun): use torchrun on CPUs. Resume with the
+same launcher and number of processes.
 """
 
 from __future__ import annotations

@@ -7,8 +7,16 @@
 -> metrics). Every run writes its own folder ``<out>/<time>-<name>/`` (``learn.path``): the resolved
 config, env, per-epoch metrics, final metrics, validation predictions (file names in
 :mod:`lsmooth.runs`). Around it, each in its own module: resuming (:mod:`lsmooth.checkpoint`),
-several processes (:mod:`lsmooth.distributed`), pretrained weights offline (:mod:`lsmooth.models`),
+several processes (:mod:`lsmooth.distributed`), pretrained weights offline (:mod:`lsmooth.weights`),
 fastai 2.8 workarounds (:mod:`lsmooth.fastai_fixes`).
+
+Determinism: with the same seed, machine and software, two CPU runs give identical metrics epoch by
+epoch (``workers=0``, the CPU default). On a GPU, ``set_seed(seed, reproducible=True)`` turns on
+``cudnn.deterministic`` and turns off cuDNN's autotuning, but runs still differ in the last digits:
+some CUDA backward kernels accumulate with atomic adds in varying order, among them the adaptive
+pooling of fastai's head (``torch.use_deterministic_algorithms(True)`` refuses them, so it stays
+off), and so does the order of gradient all-reduce buckets with several GPUs; fp16 amplifies such
+differences. Across GPUs, drivers or versions only statistics over seeds are expected to match.
 """
 
 from __future__ import annotations
@@ -255,12 +263,12 @@ class EpochLog(Callback):
 
     def before_fit(self):
         self.names = list(self.recorder.metric_names)
-        if self.echo:
+        if self.echo and not distributed.rank():
             for row in [self.names, *self.rows]:
                 self._print(row)
 
     def after_epoch(self):
-        if self.epoch < self.start_epoch:
+        if self.epoch < self.start_epoch or distributed.rank():  # rank 0 writes the run folder
             return
         self.rows.append([checkpoint.plain(v) for v in self.recorder.log])
         atomic_write_csv(self.learn.path / METRICS_FILE, self.names, self.rows)
@@ -404,7 +412,7 @@ def _fit(cfg: Config, data: ImageData, run_dir: Path | None, ckpt: dict | None, 
         cbs = [*cbs, *checkpoint.restore(learn, ckpt)]
         if rank:  # init and label noise come from cfg.seed on every rank; augmentation should not
             set_seed(cfg.seed + rank, reproducible=True)
-        with contextlib.ExitStack() if cfg.progress else _quiet(learn):
+        with contextlib.nullcontext() if cfg.progress else _quiet(learn):
             t_fit = time.perf_counter()
             try:
                 distributed.fit_one_cycle(learn, cfg.epochs, cfg.lr, cbs=cbs, start_epoch=start)
