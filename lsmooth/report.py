@@ -322,7 +322,7 @@ def describe_vs_noise(summary: Sequence[dict], metric: str = "error_rate") -> st
         mine = sorted((s[f"{metric}_mean"], s["eps"]) for s in summary if s["noise"] == n)
         parts.append(f"at {100 * n:g}% noise {_value(mine[0][0], metric)}–{_value(mine[-1][0], metric)} "
                      f"(lowest: eps={mine[0][1]:g})")
-    return f"{metric.replace('_', ' ')} (mean over seeds) " + "; ".join(parts) + "."
+    return f"{_name(metric)} (mean over seeds) " + "; ".join(parts) + "."
 
 
 def resolved_differences(diffs: Sequence[dict], metric: str = "error_rate") -> str:
@@ -412,7 +412,7 @@ def plot_vs_noise(summary: Sequence[dict], metric: str = "error_rate", ax=None):
         n, m, sd = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
         ax.errorbar(n * 100, m * scale, yerr=np.nan_to_num(sd) * scale, marker="o", capsize=4, label=f"eps={e:g}")
     ax.set_xlabel("training-label noise (%)")
-    ax.set_ylabel(metric.replace("_", " ") + (" (%)" if scale == 100 else ""))
+    ax.set_ylabel(_name(metric) + (" (%)" if scale == 100 else ""))
     ax.legend(fontsize="small")
     return ax
 

@@ -173,9 +173,9 @@ def test_sentences_read_the_numbers_of_the_summary(tmp_path):
                                            "eps=0.1 (+1.00 pts [+1.00, +1.00]); "
                                            "eps=0.1 noise=0.4 (+1.00 pts [+1.00, +1.00]).")
     assert resolved_differences(diffs, "nll").startswith("No NLL difference has a 95% interval that excludes 0")
-    s = summary[0]
+    s = summary[0]  # fake rows state NLL 0.1, so scaling "raises" it
     assert describe_temperature(summary[:1]) == (
-        f"eps=0: T = {s['temperature_mean']:.2f} ± {s['temperature_std']:.2f} (softens the predictions); ECE "  # fake rows: NLL 0.1 as given
+        f"eps=0: T = {s['temperature_mean']:.2f} ± {s['temperature_std']:.2f} (softens the predictions); ECE "
         f"0.050 → {s['ece_ts_mean']:.3f}, and it raises the held-out NLL (0.100 → {s['nll_ts_mean']:.3f}).")
     probs, y = pooled_preds(rows, 0.0)
     conf, acc = float(probs.max(1).values.mean()), float((probs.argmax(1) == y).double().mean())
