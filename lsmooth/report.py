@@ -513,10 +513,9 @@ def load_summary(folder: str | os.PathLike) -> dict:
 
 
 def _snippet_tables(data: dict) -> tuple[tuple[list[str], list[list[str]]], tuple[list[str], list[list[str]]]]:
-    arms = (["arm", "seeds", "error rate", "ECE", "NLL", "ECE after TS"],
-            [[s["arm"], str(s["n_seeds"]), _pm(s["error_rate_mean"], s["error_rate_std"], pct=True),
-              _pm(s["ece_mean"], s["ece_std"]), _pm(s["nll_mean"], s["nll_std"]),
-              _pm(s["ece_ts_mean"], s["ece_ts_std"])] for s in data["arms"]])
+    arms = (["arm", "seeds", "error rate", "NLL", "ECE", "Brier", "ECE after TS"],
+            [[s["arm"], str(s["n_seeds"]), _pm(s["error_rate_mean"], s["error_rate_std"], pct=True)]
+             + [_pm(s[f"{m}_mean"], s[f"{m}_std"]) for m in ("nll", "ece", "brier", "ece_ts")] for s in data["arms"]])
     diffs = (["arm − baseline", "pairs", "Δ error rate", "Δ ECE"],
              [[f"{d['arm']} − {d['baseline']}", str(d["n_pairs"]), _ci(d, "error_rate", pct=True), _ci(d, "ece")]
               for d in data["paired_differences"]])

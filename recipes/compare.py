@@ -10,10 +10,10 @@ Measured, as recorded in results/compare-digits/summary.json (tests/test_results
     6 runs (373 s of run time in all): digits resnet18, 8 epochs, size 16, metrics on the validation set
     ECE with 15 bins; TS = temperature scaling, 2-fold cross-fitted
 
-    arm      seeds  error rate    ECE              NLL              ECE after TS
-    -------  -----  ------------  ---------------  ---------------  ---------------
-    eps=0    3      1.02 ± 0.32%  0.0103 ± 0.0031  0.0445 ± 0.0220  0.0102 ± 0.0029
-    eps=0.1  3      0.93 ± 0.43%  0.0680 ± 0.0028  0.0942 ± 0.0098  0.0068 ± 0.0039
+    arm      seeds  error rate    NLL              ECE              Brier            ECE after TS
+    -------  -----  ------------  ---------------  ---------------  ---------------  ---------------
+    eps=0    3      1.02 ± 0.32%  0.0445 ± 0.0220  0.0103 ± 0.0031  0.0190 ± 0.0074  0.0102 ± 0.0029
+    eps=0.1  3      0.93 ± 0.43%  0.0942 ± 0.0098  0.0680 ± 0.0028  0.0214 ± 0.0050  0.0068 ± 0.0039
 
     paired difference per seed, mean [95% t-interval]:
     arm − baseline   pairs  Δ error rate              Δ ECE
