@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does the loss cost anything in training? Steps/s with lsmooth vs fastai's CrossEntropyLossFlat.
 
-One training run of the recipe (``recipes/pets.py``'s ``train``, offline ``digits`` preset by
+One training run of ``lsmooth.train.train`` (what ``recipes/pets.py`` runs; offline ``digits`` preset by
 default) in which the loss alternates batch by batch: even batches use
 ``LabelSmoothingCrossEntropy(0.1)``, odd ones ``CrossEntropyLossFlat()``. Each training step is
 timed from ``before_batch`` to ``after_step`` (forward, loss, backward, optimizer step; the data
@@ -19,14 +19,16 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
+import warnings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+# fastai's import calls torch.jit.script, deprecated in recent torch: a line of noise on stderr.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
-import pets  # noqa: E402
 import torch  # noqa: E402
 from fastai.callback.core import Callback  # noqa: E402
 from fastai.losses import CrossEntropyLossFlat  # noqa: E402
+
+from lsmooth.train import Config, resolve, train  # noqa: E402
 
 
 class AlternateLoss(Callback):
@@ -63,11 +65,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     timer = AlternateLoss()
     with tempfile.TemporaryDirectory() as out:
-        cfg = pets.Config(dataset=args.dataset, eps=0.1, epochs=args.epochs, size=args.size, out=out,
+        cfg = Config(dataset=args.dataset, eps=0.1, epochs=args.epochs, size=args.size, out=out,
                           progress=False, seed=0)
-        pets.train(cfg, cbs=[timer])
+        train(cfg, cbs=[timer])
     med = {name: statistics.median(ts) for name, ts in timer.times.items()}
-    bs = pets.resolve(cfg).bs
+    bs = resolve(cfg).bs
     print(f"\n{args.dataset}, {args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"training steps alternate between the two losses")
     for name, ts in timer.times.items():

@@ -356,7 +356,7 @@ def pets_folder() -> Path:
         reason = str(getattr(e, "reason", "") or e).strip() or type(e).__name__
         raise DataError(
             f"could not download Oxford-IIIT Pets ({URLs.PETS}): {reason}. Offline? "
-            f"Pass --data PATH to a local copy of its images/ folder, or use --dataset digits"
+            f"Pass --data PATH to a local copy of its images/ folder, or use --dataset digits (no download at all)"
         ) from None
     return root / "images"
 

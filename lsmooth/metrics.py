@@ -1,4 +1,4 @@
-"""Calibration metrics for classifiers: ECE, NLL, Brier score and temperature scaling.
+"""Calibration metrics for classifiers: ECE, NLL, Brier score, temperature scaling, reliability diagrams.
 
 Plain functions take ``probs`` of shape (N, K) (rows on the probability simplex) and integer
 ``targets`` of shape (N,), accept torch tensors or NumPy arrays, and return Python floats.
@@ -36,6 +36,7 @@ __all__ = [
     "nll",
     "plot_reliability",
     "reliability_bins",
+    "temperature_scaling",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -43,6 +44,9 @@ ArrayLike = torch.Tensor | np.ndarray
 NLL_MIN_PROB = 1e-12
 """Probabilities are clamped to at least this before the log, so one sample costs at most
 ``-log(1e-12) ≈ 27.63`` nats instead of ``inf``."""
+
+TS_SPLIT_SEED = 0
+"""The fixed halving of the validation set used by :func:`temperature_scaling`."""
 
 # Loose enough for softmax computed in float16/bfloat16 (row sums off by < 4e-3), tight enough to
 # catch logits or per-class sigmoid outputs passed by mistake.
@@ -284,6 +288,42 @@ def fit_temperature(
     return 1.0 / beta
 
 
+def temperature_scaling(probs: ArrayLike, targets: ArrayLike, split_seed: int = TS_SPLIT_SEED) -> dict:
+    """Temperature scaling evaluated by 2-fold cross-fitting on a held-out (validation) set.
+
+    The set is split in two fixed random halves (``split_seed``: the same for every run, so arms of
+    a sweep stay paired). T is fitted by NLL on one half and applied to the other, and vice versa;
+    the metrics after scaling are computed on the whole set, each prediction scaled by the T that
+    did not see it. Fitting and evaluating T on the same images would be optimistic.
+    ``log(probs)`` serves as logits: softmax(log p / T) equals softmax(z / T) for the original
+    logits z (softmax is invariant to the per-row constant log-sum-exp). Probabilities are clamped
+    at 1e-30 before the log so an underflowed 0 stays finite.
+
+    Returns ``temperature`` (mean of the two fitted T), ``temperature_halves`` and ``ece_ts``,
+    ``nll_ts``, ``brier_ts``, ``error_rate_ts`` (argmax, hence error, is unchanged by T > 0).
+    """
+    p, t = _check_inputs(probs, targets)
+    logits = p.double().clamp_min(1e-30).log()
+    perm = torch.randperm(len(t), generator=torch.Generator().manual_seed(split_seed))
+    a, b = perm[: len(t) // 2], perm[len(t) // 2 :]
+    scaled = torch.empty_like(logits)
+    temps = []
+    for fit_idx, eval_idx in ((a, b), (b, a)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # T at a search bound is reported as the value itself
+            temp = fit_temperature(logits[fit_idx], t[fit_idx])
+        temps.append(temp)
+        scaled[eval_idx] = torch.softmax(logits[eval_idx] / temp, dim=1)
+    return {
+        "temperature": float(np.mean(temps)),
+        "temperature_halves": [float(x) for x in temps],
+        "ece_ts": ece(scaled, t),
+        "nll_ts": nll(scaled, t),
+        "brier_ts": brier(scaled, t),
+        "error_rate_ts": float((scaled.argmax(1) != t).double().mean()),
+    }
+
+
 def plot_reliability(
     probs: ArrayLike,
     targets: ArrayLike,
@@ -291,63 +331,79 @@ def plot_reliability(
     ax: Axes | None = None,
     label: str | None = None,
     *,
-    hist: bool = True,
+    counts_ax: Axes | None = None,
+    min_count: int = 10,
 ) -> Axes:
-    """Draw a reliability diagram (Guo et al. 2017) on ``ax`` and return it.
+    """Draw a reliability diagram (Guo et al. 2017) on ``ax``, the bin counts under it; return ``ax``.
 
-    Bars show the accuracy of each non-empty confidence bin (see :func:`reliability_bins`)
-    against the diagonal of perfect calibration; bars below the diagonal mean over-confidence.
-    The legend carries the ECE. With ``hist=True`` grey bars behind show the share of samples in
-    each bin. For side-by-side comparisons pass the axes of one figure, e.g.
-    ``fig, axs = plt.subplots(1, 2)`` and ``plot_reliability(p_ce, y, ax=axs[0], label="CE")``.
+    Top panel: the accuracy of each non-empty confidence bin (see :func:`reliability_bins`) and, in
+    red, its gap to the bin's mean confidence, against the diagonal of perfect calibration (bars
+    below the diagonal: over-confident; above: under-confident). The legend carries the ECE, which
+    weights each gap by its bin's share of samples. Bottom panel (``counts_ax``; carved out of the
+    bottom of ``ax`` when None): the number of samples per bin, on a log scale when the counts span
+    more than two orders of magnitude. Bins with fewer than ``min_count`` samples are drawn hatched
+    and faded: their accuracy is a handful of images, not a finding.
+    For arms side by side pass the axes of one figure, e.g. ``fig, axs = plt.subplots(2, 2,
+    height_ratios=[3, 1])`` and ``plot_reliability(p, y, ax=axs[0, 0], counts_ax=axs[1, 0], label="CE")``.
 
     Args:
         probs: (N, K) class probabilities, rows summing to 1.
         targets: (N,) integer class indices in [0, K).
         n_bins: number of equal-width bins.
-        ax: matplotlib Axes to draw on; a new figure is created when None.
+        ax: matplotlib Axes for the diagram; a new figure with both panels is created when None.
         label: model name, used as the title and in the legend.
-        hist: also draw the share of samples per bin.
+        counts_ax: Axes for the per-bin counts.
+        min_count: bins holding fewer samples are marked as sparse.
     """
     bins = reliability_bins(probs, targets, n_bins)
+    ax, counts_ax = _reliability_axes(ax, counts_ax)
+    left, width = bins.edges[:-1], np.diff(bins.edges)
+    full = bins.counts > 0
+    sparse = full & (bins.counts < min_count)
+    for mask, faded in ((full & ~sparse, False), (sparse, True)):
+        if not mask.any():
+            continue
+        style = {"alpha": 0.35, "hatch": "//"} if faded else {"alpha": 0.8}
+        ax.bar(left[mask], bins.accuracy[mask], width=width[mask], align="edge", color="tab:blue",
+               edgecolor="black", label=f"accuracy, bin with < {min_count} samples" if faded
+               else f"accuracy (ECE {bins.ece:.3f})", **style)
+    for mask, alpha in ((full & ~sparse, 0.3), (sparse, 0.12)):
+        ax.bar(left[mask], bins.confidence[mask] - bins.accuracy[mask], bottom=bins.accuracy[mask], width=width[mask],
+               align="edge", color="tab:red", alpha=alpha, edgecolor="tab:red",
+               label="gap to mean confidence" if alpha == 0.3 else None)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=label or "")
+    ax.tick_params(labelbottom=False)
+    ax.legend(loc="lower right", fontsize="x-small")  # over the bars' feet, which carry no information
+    _plot_counts(counts_ax, bins, min_count)
+    return ax
+
+
+def _reliability_axes(ax: Axes | None, counts_ax: Axes | None) -> tuple[Axes, Axes]:
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(4, 4))
+        fig = plt.figure(figsize=(4, 5.4))
+        ax, counts_ax = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    elif counts_ax is None:
+        from mpl_toolkits.axes_grid1 import make_axes_locatable
+
+        counts_ax = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.1, sharex=ax)
+    return ax, counts_ax
+
+
+def _plot_counts(ax: Axes, bins: ReliabilityBins, min_count: int) -> None:
     left, width = bins.edges[:-1], np.diff(bins.edges)
     full = bins.counts > 0
-    if hist:
-        share = bins.counts / bins.n
-        ax.bar(
-            left,
-            share,
-            width=width,
-            align="edge",
-            color="0.85",
-            edgecolor="0.6",
-            label="share of samples",
-        )
-    prefix = f"{label}: " if label else ""
-    ax.bar(
-        left[full],
-        bins.accuracy[full],
-        width=width[full],
-        align="edge",
-        alpha=0.75,
-        color="tab:blue",
-        edgecolor="black",
-        label=f"{prefix}accuracy (ECE {bins.ece:.3f})",
-    )
-    ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("confidence (max probability)")
-    ax.set_ylabel("accuracy")
-    if label:
-        ax.set_title(label)
-    ax.legend(loc="upper left", fontsize="small")
-    return ax
+    colors = np.where(bins.counts[full] < min_count, "0.8", "0.5")
+    bars = ax.bar(left[full], bins.counts[full], width=width[full], align="edge", color=colors, edgecolor="black")
+    ax.bar_label(bars, fontsize="x-small")
+    nonzero = bins.counts[full]
+    if nonzero.max() / nonzero.min() > 100:
+        ax.set_yscale("log")
+    ax.axhline(min_count, color="tab:red", linewidth=0.8, linestyle=":")
+    ax.margins(y=0.3)  # room for the count above the tallest bar
+    ax.set(xlim=(0, 1), xlabel="confidence (max probability)", ylabel="samples")
 
 
 def _fastai_metric(func, name: str, **kwargs) -> AccumMetric:

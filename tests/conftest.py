@@ -1,7 +1,12 @@
-"""Shared fixtures: the recipe module, and small image folders written once per session."""
+"""Shared helpers and fixtures: small image folders written once per session, tiny-run settings."""
 
-import importlib.util
+import csv
+import io
+import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,29 +14,70 @@ import pytest
 from PIL import Image
 
 from lsmooth.data import make_tiny
+from lsmooth.runs import FINAL_FILE, METRICS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(module, argv, capsys):
-    """``module.main(argv)`` in process -> (exit code, stdout, stderr); argparse errors exit 2."""
-    try:
-        code = module.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+# A few seconds per run on one CPU thread: what every end-to-end test trains.
+TINY = dict(dataset="tiny", epochs=1, size=16, bs=32, seed=0, threads=1, progress=False)
 
 
-@pytest.fixture(scope="session")
-def pets_recipe():
-    """``recipes/pets.py`` imported as module ``pets`` (recipes/ is not a package)."""
-    if "pets" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pets", ROOT / "recipes" / "pets.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pets"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pets"]
+def tiny_config(data: Path, out: Path, **kw):
+    """A Config for a run on the ``tiny`` folder ``data`` writing into ``out``."""
+    from lsmooth.train import Config  # imports fastai: only for the tests that train
+
+    return Config(**(TINY | {"data": str(data), "out": str(out)} | kw))
+
+
+def tiny_argv(tiny_dir: Path, out: Path) -> list[str]:
+    """The command line of the 3-epoch run that the resume tests compare with (same as their reference)."""
+    return ["--dataset", "tiny", "--data", tiny_dir, "--out", out, "--epochs", 3, "--noise", 0.2, "--size", 16,
+            "--bs", 32, "--seed", 0, "--threads", 1, "--no-progress"]
+
+
+def epochs_table(run_dir: Path) -> list[dict]:
+    """metrics.csv without the wall-clock column."""
+    rows = list(csv.DictReader(io.StringIO((Path(run_dir) / METRICS_FILE).read_text())))
+    return [{k: v for k, v in row.items() if k != "time"} for row in rows]
+
+
+def final_metrics(run_dir: Path) -> dict:
+    final = json.loads((Path(run_dir) / FINAL_FILE).read_text())
+    return {k: final[k] for k in ("error_rate", "accuracy", "nll", "ece", "brier")}
+
+
+def wait_for(root: Path, pattern: str, proc: subprocess.Popen, timeout: float = 180) -> Path:
+    """The first file under ``root`` matching ``pattern``, once ``proc`` has written it."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        hits = list(root.glob(pattern))
+        if hits:
+            return hits[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before writing a checkpoint: {proc.communicate()}")
+        time.sleep(0.02)
+    raise TimeoutError(f"{root}/{pattern}")
+
+
+def one_line(err: str) -> str:
+    """The only line of ``err``; fails on a traceback or several lines."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def recipe(*argv) -> list[str]:
+    """The command line ``python recipes/pets.py ARGV`` (run it with :func:`recipe_env`)."""
+    return [sys.executable, str(ROOT / "recipes" / "pets.py"), *map(str, argv)]
+
+
+def recipe_env(**extra) -> dict:
+    """Environment for a recipe subprocess: imports lsmooth from this checkout, warnings as users see them."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop("PYTHONWARNINGS", None)
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.testing import assert_close
 
 from lsmooth.metrics import (
     ECE,
@@ -23,6 +24,7 @@ from lsmooth.metrics import (
     nll,
     plot_reliability,
     reliability_bins,
+    temperature_scaling,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +255,27 @@ def test_fit_temperature_warns_at_bound():
         assert fit_temperature(logits, torch.tensor([1, 0]), t_max=50.0) == 50.0
 
 
+def test_temperature_scaling_is_cross_fitted_on_halves():
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 10, (400,), generator=g)
+    logits = 4 * torch.randn(400, 10, generator=g, dtype=torch.float64)
+    logits[torch.arange(400), targets] += 3.0  # right often, but far too sure
+    probs = torch.softmax(logits, 1)
+    ts = temperature_scaling(probs, targets)
+    assert ts["temperature"] > 1.5 and ts["ece_ts"] < ece(probs, targets) and ts["nll_ts"] < nll(probs, targets)
+    assert ts["error_rate_ts"] == pytest.approx(float((probs.argmax(1) != targets).double().mean()))
+    # the same numbers by hand: fit on one half, apply to the other
+    perm = torch.randperm(400, generator=torch.Generator().manual_seed(0))
+    a, b = perm[:200], perm[200:]
+    t_a, t_b = fit_temperature(logits[a], targets[a]), fit_temperature(logits[b], targets[b])
+    assert ts["temperature_halves"] == pytest.approx([t_a, t_b], rel=1e-6)  # log(softmax(z)) = z + const
+    scaled = torch.empty_like(probs)
+    scaled[b], scaled[a] = torch.softmax(logits[b] / t_a, 1), torch.softmax(logits[a] / t_b, 1)
+    assert ts["ece_ts"] == pytest.approx(ece(scaled, targets), abs=1e-9)
+    assert ts["nll_ts"] == pytest.approx(nll(scaled, targets), rel=1e-9)
+    assert temperature_scaling(probs, targets, split_seed=1)["temperature_halves"] != ts["temperature_halves"]
+
+
 # ---------------------------------------------------------------------------------------------
 # fastai integration.
 
@@ -317,24 +340,45 @@ def test_import_does_not_load_fastai_or_matplotlib():
 # Plotting.
 
 
-def test_plot_reliability_draws_on_given_axes_and_saves_png(tmp_path):
+def test_plot_reliability_draws_diagram_gaps_and_counts_panel(tmp_path):
     from matplotlib.figure import Figure
 
     probs, targets = random_problem(400, 4, seed=3)
-    fig = Figure(figsize=(8, 4))
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(8, 5.6))
+    axs = fig.subplots(2, 2, height_ratios=[3, 1])
     sharp = probs**2 / (probs**2).sum(1, keepdims=True)
-    assert plot_reliability(probs, targets, ax=left, label="baseline") is left
-    assert plot_reliability(sharp, targets, n_bins=10, ax=right, label="sharp", hist=False) is right
-    n_full = int((reliability_bins(probs, targets).counts > 0).sum())
-    assert len(left.patches) == 15 + n_full  # histogram bars + accuracy bars
-    assert len(right.patches) == int((reliability_bins(sharp, targets, 10).counts > 0).sum())
-    legend = [t.get_text() for t in left.get_legend().get_texts()]
-    assert f"baseline: accuracy (ECE {ece(probs, targets):.3f})" in legend
-    assert left.get_title() == "baseline"
+    assert plot_reliability(probs, targets, ax=axs[0, 0], counts_ax=axs[1, 0], label="baseline") is axs[0, 0]
+    assert plot_reliability(sharp, targets, n_bins=10, ax=axs[0, 1], counts_ax=axs[1, 1], min_count=30) is axs[0, 1]
+    bins = reliability_bins(probs, targets)
+    full = bins.counts > 0
+    # accuracy bars (full bins) + gap bars (full bins); the gap of a bin spans accuracy -> mean confidence
+    assert len(axs[0, 0].patches) == 2 * full.sum()
+    gaps = sorted(axs[0, 0].patches[-int(full.sum()):], key=lambda p: p.get_x())
+    assert_close([p.get_y() + p.get_height() for p in gaps], bins.confidence[full].tolist(), rtol=0, atol=1e-12)
+    assert_close([p.get_y() for p in gaps], bins.accuracy[full].tolist(), rtol=0, atol=1e-12)
+    # the counts panel holds every sample, bin by bin
+    assert [p.get_height() for p in axs[1, 0].patches] == bins.counts[full].tolist()
+    legend = [t.get_text() for t in axs[0, 0].get_legend().get_texts()]
+    assert f"accuracy (ECE {ece(probs, targets):.3f})" in legend and axs[0, 0].get_title() == "baseline"
+    sparse_bins = reliability_bins(sharp, targets, 10)
+    if ((sparse_bins.counts > 0) & (sparse_bins.counts < 30)).any():
+        assert "accuracy, bin with < 30 samples" in [t.get_text() for t in axs[0, 1].get_legend().get_texts()]
     path = tmp_path / "reliability.png"
     fig.savefig(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+
+
+def test_counts_panel_is_log_scaled_when_counts_span_orders_of_magnitude():
+    from matplotlib.figure import Figure
+
+    probs = torch.tensor([[0.99, 0.01]] * 500 + [[0.55, 0.45]] * 2, dtype=torch.float64)
+    targets = torch.zeros(502, dtype=torch.long)
+    fig = Figure()
+    ax = plot_reliability(probs, targets, ax=fig.subplots())  # counts panel carved out of ax
+    counts_ax = [a for a in fig.axes if a is not ax][0]
+    assert counts_ax.get_yscale() == "log" and counts_ax.get_ylabel() == "samples"
+    assert plot_reliability(HAND_PROBS, HAND_TARGETS, n_bins=5, ax=Figure().subplots()).figure.axes[1].get_yscale() \
+        == "linear"
 
 
 def test_plot_reliability_creates_figure_when_no_axes(tmp_path):
@@ -344,6 +388,7 @@ def test_plot_reliability_creates_figure_when_no_axes(tmp_path):
     import matplotlib.pyplot as plt
 
     ax = plot_reliability(HAND_PROBS, HAND_TARGETS, n_bins=5)
+    assert len(ax.figure.axes) == 2
     path = tmp_path / "one.png"
     ax.figure.savefig(path)
     plt.close(ax.figure)

@@ -1,41 +1,102 @@
-"""Every notebook executes headlessly in quick mode (its own tiny sweep) with papermill.
+"""The notebooks: structure, prose without hand-copied measurements, the `notebooks` extra, a clear
+stop when the sweep is missing, and (slow) a headless run in quick mode (a tiny sweep of their own).
 
-Quick mode trains on the generated ``tiny`` dataset for one epoch, so this checks that the cells
-run and the shared helpers fit together, not the numbers. The committed outputs come from the
-documented compare.py commands on ``digits`` (stated at the top of each notebook).
+Quick mode trains on the generated ``tiny`` dataset for one epoch, so it checks that the cells run
+and the library helpers fit together, not the numbers. The committed outputs come from the
+documented compare.py commands on ``digits`` (each notebook's first cell prints which).
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import tomllib
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MAKES = {  # the command each notebook names when its sweep is missing
+    "01_error_rate": "python recipes/compare.py",
+    "02_calibration": "python recipes/compare.py",
+    "03_noisy_labels": "python recipes/compare.py --eps -0.1 0 0.1 0.3 --noise 0 0.2 0.4 --seeds 0 1 2 --epochs 3 "
+                       "--out runs/noise-digits",
+}
+# Numbers that markdown cells may state: the design (eps, noise rates, seeds, epochs, 16 px, 15 bins, the
+# 20% validation split), years of the cited papers, and published figures (Müller et al. 2019's ECE table,
+# Wei et al. 2022). A measured number belongs in an output generated from the sweep, not in typed prose.
+ALLOWED_NUMBERS = {
+    "0", "1", "2", "3", "8", "10", "15", "16", "20%", "40%", "95%", "100", "36", "01",  # design
+    "0.1", "0.3", "−0.1", "0.05",  # eps values
+    "2017", "2019", "2022",  # papers
+    "0.150", "0.024", "0.021", "1.9", "0.071", "0.035", "0.022",  # Müller et al. 2019, table
+    "60%", "73", "74%", "75.3%", "77.4%", "−6",  # Wei et al. 2022
+}
 
 
-def test_notebooks_exist_with_a_parameters_cell():
-    assert [nb.name for nb in NOTEBOOKS] == ["01_error_rate.ipynb", "02_calibration.ipynb", "03_noisy_labels.ipynb"]
+def cells(nb: Path) -> list[dict]:
+    return json.loads(nb.read_text())["cells"]
+
+
+def test_notebooks_exist_with_a_parameters_cell_and_outputs():
+    assert [nb.stem for nb in NOTEBOOKS] == list(MAKES)
     for nb in NOTEBOOKS:
-        cells = json.loads(nb.read_text())["cells"]
-        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        every = cells(nb)
+        tagged = [c for c in every if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1 and "quick = False" in "".join(tagged[0]["source"]), nb.name
-        assert all(c.get("outputs") or c["cell_type"] != "code" or c is tagged[0] for c in cells), \
+        assert all(c.get("outputs") or c["cell_type"] != "code" or c is tagged[0] for c in every), \
             f"{nb.name}: committed without outputs"
 
 
+def test_notebooks_import_the_library_only():
+    for nb in NOTEBOOKS:
+        code = "\n".join("".join(c["source"]) for c in cells(nb) if c["cell_type"] == "code")
+        assert "sys.path" not in code and "importlib" not in code and "import compare" not in code, nb.name
+        assert "from lsmooth import report, sweep" in code, nb.name
+
+
+def test_markdown_states_no_measured_number():
+    for nb in NOTEBOOKS:
+        text = "\n".join("".join(c["source"]) for c in cells(nb) if c["cell_type"] == "markdown")
+        text = re.sub(r"```.*?```", "", text, flags=re.S)  # commands
+        numbers = set(re.findall(r"(?<![\w.])[−-]?\d+(?:\.\d+)?%?", text))
+        assert numbers <= ALLOWED_NUMBERS, f"{nb.name}: typed numbers {sorted(numbers - ALLOWED_NUMBERS)}"
+
+
+def test_the_notebooks_extra_installs_jupyterlab():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in extras["notebooks"]}
+    assert {"jupyterlab", "ipykernel", "papermill"} <= names
+
+
+def run(nb: Path, out: Path, **parameters):
+    papermill = pytest.importorskip("papermill")
+    return papermill.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(nb.parent),
+                                      kernel_name="python3", progress_bar=False)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_without_its_sweep_a_notebook_stops_in_its_first_cell_naming_the_command(nb, tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    missing = tmp_path / "no-sweep"
+    with pytest.raises(PapermillExecutionError) as info:
+        run(nb, tmp_path / nb.name, results_dir=str(missing))
+    sentence = f"No sweep in {missing}: run `{MAKES[nb.stem]}` from the repository root first."
+    assert info.value.ename == "FileNotFoundError" and info.value.evalue == sentence
+    executed = [c for c in cells(tmp_path / nb.name) if c["cell_type"] == "code"]
+    tags = [c["metadata"].get("tags", []) for c in executed]
+    failed = next(i for i, c in enumerate(executed) if any(o["output_type"] == "error" for o in c["outputs"]))
+    assert "injected-parameters" in tags[failed - 1]  # the first cell after the parameters
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(nb, tmp_path):
-    papermill = pytest.importorskip("papermill")
-    out = tmp_path / nb.name
-    papermill.execute_notebook(
-        str(nb), str(out), parameters={"quick": True, "results_dir": str(tmp_path / "sweep")},
-        cwd=str(nb.parent), kernel_name="python3", progress_bar=False,
-    )
-    cells = json.loads(out.read_text())["cells"]
-    errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert images, "no plot was drawn"
+    run(nb, tmp_path / nb.name, quick=True, results_dir=str(tmp_path / "sweep"))
+    outputs = [o for c in cells(tmp_path / nb.name) for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})], "no plot was drawn"
+    assert [o for o in outputs if "text/markdown" in o.get("data", {})], "no prose generated from the sweep"
     assert list((tmp_path / "sweep-quick").glob("results*.jsonl"))

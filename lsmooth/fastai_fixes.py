@@ -1,0 +1,53 @@
+"""Workarounds for fastai 2.8 (checked on 2.8.12), in one place; each says what breaks without it.
+
+- :func:`distributed_dl_on_cpu`: fastai's ``DistributedDL`` assumes NCCL on GPUs. Without the fix
+  a multi-process run on CPUs (gloo; how the multi-process code is tested without a GPU) fails in
+  ``DistributedDL._broadcast`` (unconditional ``.cuda()``) and in ``DistributedTrainer._wrap_dl``
+  (reads ``model.device``, which a CPU DistributedDataParallel model does not have).
+- :func:`predictions_on_this_rank`: ``Learner.get_preds`` gathers predictions from every rank
+  whenever ``WORLD_SIZE`` > 1, even outside ``distrib_ctx``. Without the fix rank 0, evaluating
+  alone after training, waits forever for the other ranks.
+
+Drop each one once fastai's own code does the same.
+"""
+
+from __future__ import annotations
+
+import fastai.distributed
+import fastai.torch_core
+import torch
+
+__all__ = ["distributed_dl_on_cpu", "predictions_on_this_rank"]
+
+
+def _broadcast_any_backend(self, t, rank):
+    """``DistributedDL._broadcast`` without the unconditional ``.cuda()``."""
+    on = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(t, dtype=torch.long, device=on)
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+
+def _wrap_dl_any_device(self, dl):
+    """``DistributedTrainer._wrap_dl`` for a DDP model without ``.device`` (CPU)."""
+    if isinstance(dl, fastai.distributed.DistributedDL):
+        return dl
+    model = self.learn.model
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    return fastai.distributed.DistributedDL(dl, device=device)
+
+
+def distributed_dl_on_cpu() -> None:
+    """Let fastai's DistributedDL run on gloo (CPUs) too; the NCCL path is unchanged."""
+    fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
+    fastai.distributed.DistributedTrainer._wrap_dl = _wrap_dl_any_device
+
+
+def predictions_on_this_rank(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """``learn.get_preds(dl=dl)`` computed by this process alone (no gather across ranks)."""
+    real = fastai.torch_core.num_distrib  # what fastai's maybe_gather asks
+    fastai.torch_core.num_distrib = lambda: 0
+    try:
+        return learn.get_preds(dl=dl)
+    finally:
+        fastai.torch_core.num_distrib = real
