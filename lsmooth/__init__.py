@@ -8,7 +8,18 @@ from lsmooth.losses import (
     reduce_loss,
     smooth_targets,
 )
-from lsmooth.metrics import ECE, NLL, Brier, brier, ece, fit_temperature, nll, plot_reliability, reliability_bins
+from lsmooth.metrics import (
+    ECE,
+    NLL,
+    Brier,
+    brier,
+    ece,
+    fit_temperature,
+    nll,
+    plot_reliability,
+    reliability_bins,
+    temperature_scaling,
+)
 
 __all__ = [
     "ECE",
@@ -20,6 +31,7 @@ __all__ = [
     "nll",
     "plot_reliability",
     "reliability_bins",
+    "temperature_scaling",
     "LabelSmoothingBCEWithLogits",
     "LabelSmoothingCrossEntropy",
     "LabelSmoothingCrossEntropyFlat",
