@@ -6,8 +6,8 @@ with a 95% t-interval, ECE/NLL/Brier before and after temperature scaling; offli
 
 Measured, as recorded in results/compare-digits/summary.json (tests/test_results.py keeps it equal):
     command: python recipes/compare.py
-    machine: AMD EPYC (2 CPUs, 1 torch thread, load 5.0), no GPU; torch 2.14.1+cu130, fastai 2.8.12
-    6 runs (373 s of run time in all): digits resnet18, 8 epochs, size 16, metrics on the validation set
+    machine: AMD EPYC (2 CPUs, 1 torch thread, load 0.8), no GPU; torch 2.14.1+cu130, fastai 2.8.12
+    6 runs (219 s of run time in all): digits resnet18, 8 epochs, size 16, metrics on the validation set
     ECE with 15 bins; TS = temperature scaling, 2-fold cross-fitted
 
     arm      seeds  error rate    NLL              ECE              Brier            ECE after TS

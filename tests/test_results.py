@@ -2,7 +2,7 @@
 
 results/<sweep>/ holds copies of the summary.json and summary.md that a documented command wrote
 into its sweep folder. Here summary.md must be the rendering of summary.json, each summary must
-have been written by the command documented for it, and the figure in recipes/compare.py's header
+have been written by the command documented for it, and the figure in the recipes' headers
 must be the rendering of its summary (lsmooth.report.snippet). A results folder not filled yet is
 skipped, and the header must then say so instead of showing a figure.
 """
@@ -53,10 +53,11 @@ def test_each_summary_was_written_by_its_documented_command(name):
     assert [c["command"] for sw in data["provenance"]["sweeps"] for c in sw["commands"]][0] == COMMANDS[name]
 
 
-def test_compare_header_shows_the_committed_figure():
-    block = header_figure(ROOT / "recipes" / "compare.py", "compare-digits")
+@pytest.mark.parametrize("recipe", ["compare.py", "pets.py"])
+def test_recipe_headers_show_the_committed_figure(recipe):
+    block = header_figure(ROOT / "recipes" / recipe, "compare-digits")
     if not (RESULTS / "compare-digits" / SUMMARY_JSON).exists():
         assert block == NOT_MEASURED
         return
     want = snippet(committed("compare-digits")).strip()
-    assert block == want, f"recipes/compare.py header differs from results/compare-digits; it should read:\n{want}"
+    assert block == want, f"recipes/{recipe} header differs from results/compare-digits; it should read:\n{want}"
