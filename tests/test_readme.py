@@ -33,3 +33,14 @@ def test_speed_tables_are_the_committed_benchmark_summaries():
         results = (README.parent / "benchmarks" / "results" / f"{name}.md").read_text()
         summary = results.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
         assert table.strip() == summary.strip(), f"README table differs from benchmarks/results/{name}.md"
+
+
+def test_results_block_is_the_committed_summary():
+    """The README's measured results are results/compare-digits/summary.json rendered, not typed by hand."""
+    from lsmooth.report import load_summary, snippet
+
+    block = r"<!-- results:compare-digits -->\n(.*?)<!-- /results:compare-digits -->"
+    match = re.search(block, README.read_text(), re.S)
+    assert match, "no <!-- results:compare-digits --> block in README.md"
+    want = snippet(load_summary(README.parent / "results" / "compare-digits"), markdown=True)
+    assert match.group(1).strip() == want.strip(), f"README results differ from results/compare-digits:\n{want}"
