@@ -1,25 +1,32 @@
 """Resume after a kill: a checkpoint after every epoch from which a run goes on as if never stopped.
 
-One file, ``checkpoint.pth`` in the run folder (``learn.path``), replaced atomically after each
-epoch and removed when the run finishes. On the same CPU a resumed run ends with exactly the final
-metrics of an uninterrupted one, also with several processes (``tests/test_checkpoint.py``).
+Two files in the run folder (``learn.path``), each replaced atomically after every epoch and both
+removed when the run finishes:
 
-Why not fastai's ``SaveModelCallback(every_epoch=True, with_opt=True)``: it keeps the model and
-the optimizer only. An identical continuation also needs every random stream of every rank
-(Python, NumPy, torch, CUDA and each DataLoader's shuffling ``rng``), the smoothed training loss
-that metrics.csv reports, the fp16 loss scale and the metrics rows so far; and it writes with a
-plain ``torch.save``, so a kill mid-write leaves a broken file. The one-cycle position needs
+* ``models/model_<epoch>.pth`` (``learn.path/learn.model_dir``): model and optimizer, exactly as
+  ``learn.save(f"model_{epoch}", with_opt=True)`` and ``SaveModelCallback(every_epoch=True)`` name
+  and write them, so ``learn.load(f"model_{epoch}")`` reads it into a learner of the same
+  architecture. The optimizer state is in plain containers: ``torch.load(weights_only=True)`` works.
+* ``checkpoint.pth``: what an identical continuation needs besides (every random stream of every
+  rank: Python, NumPy, torch, CUDA and each DataLoader's shuffling ``rng``; the smoothed training
+  loss that metrics.csv reports; the fp16 loss scale; the metrics rows so far) and the name of the
+  model file of the same epoch (``"model_file"``, relative to the run folder).
+
+Order after epoch ``e``: write ``model_<e>.pth``, replace ``checkpoint.pth``, then delete
+``model_<e-1>.pth``. A SIGKILL at any instant thus leaves a ``checkpoint.pth`` that names a
+complete model file of its own epoch; what it leaves besides (a newer model file, a temporary
+file) is deleted by the resume. On the same CPU a resumed run ends with exactly the final metrics
+of an uninterrupted one, also with several processes (``tests/test_checkpoint.py``).
+
+Why not fastai's ``SaveModelCallback`` alone: it keeps the model and the optimizer only, and with
+a plain ``torch.save``, so a kill mid-write leaves a broken file. The one-cycle position needs
 nothing: fastai derives it from the epoch when ``fit_one_cycle(start_epoch=...)`` resumes.
-
-``learn.load`` cannot read the file: fastai's ``load_model`` treats a dict as ``{model, opt}``
-only when those are its *only* keys, and this one holds the state above next to them. The model
-is a plain state dict under ``"model"``:
-``learn.model.load_state_dict(torch.load(path, weights_only=True)["model"])``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +38,17 @@ from lsmooth import distributed
 from lsmooth.data import ImageData
 from lsmooth.runs import CHECKPOINT_FILE, atomic_save_torch, rng_state, set_rng_state
 
-__all__ = ["Checkpoint", "Restore", "ResumeError", "check_data", "data_id", "plain", "read", "remove", "restore",
-           "start_epoch"]
+__all__ = ["Checkpoint", "Restore", "ResumeError", "check_data", "data_id", "model_name", "plain", "read", "remove",
+           "restore", "start_epoch"]
+
+MODEL_DIR = "models"  # fastai's default ``Learner.model_dir``, which lsmooth.train never changes
+_MODEL_FILE = re.compile(r"model_\d+\.pth")
+_MODEL_TMP = re.compile(r"\.model_\d+\.pth\..*\.tmp")  # lsmooth.runs._atomic's temporary names
+
+
+def model_name(epoch: int) -> str:
+    """What ``learn.load`` takes for epoch ``epoch``'s model file (SaveModelCallback's naming)."""
+    return f"model_{epoch}"
 
 
 class ResumeError(ValueError):
@@ -56,17 +72,22 @@ def _loader_rng(dl):
     return dl.dl.rng if type(dl).__name__ == "DistributedDL" else dl.rng
 
 
+def _plain_tensor(v):
+    """A fastai ``TensorBase`` (grads of fastai-typed batches) as a ``torch.Tensor``: weights_only loads it."""
+    return v.as_subclass(torch.Tensor) if torch.is_tensor(v) and type(v) is not torch.Tensor else v
+
+
 def _opt_state(opt) -> dict:
     """``opt.state_dict()`` in plain containers (fastai's ``L`` does not load with weights_only)."""
     sd = dict(opt.state_dict())
     if "hypers" in sd:
         sd["hypers"] = [{k: plain(v) for k, v in h.items()} for h in sd["hypers"]]
-        sd["state"] = [dict(st) for st in sd["state"]]
+        sd["state"] = [{k: _plain_tensor(v) for k, v in st.items()} for st in sd["state"]]
     return sd
 
 
 class Checkpoint(Callback):
-    """End of each epoch: everything a run needs to go on exactly as if it never stopped; atomic.
+    """End of each epoch: model file, then the run state naming it, then the old model file goes.
 
     Every rank takes part (its random streams are gathered); only rank 0 writes. fastai's
     SaveModelCallback keeps model and optimizer only, non-atomically (module docstring).
@@ -84,18 +105,32 @@ class Checkpoint(Callback):
                                   "loaders": [_loader_rng(dl).getstate() for dl in self.dls.loaders]})
         if distributed.rank():
             return
+        run_dir, models = Path(self.learn.path), Path(self.learn.path) / self.learn.model_dir
+        models.mkdir(parents=True, exist_ok=True)
+        model_file = models / f"{model_name(self.epoch)}.pth"
+        atomic_save_torch(model_file, {"model": getattr(self.model, "module", self.model).state_dict(),
+                                       "opt": _opt_state(self.opt)})  # learn.save's format
         scaler, smooth = getattr(self.learn, "scaler", None), self.recorder.smooth_loss
-        atomic_save_torch(self.learn.path / CHECKPOINT_FILE, {
+        atomic_save_torch(run_dir / CHECKPOINT_FILE, {
             "epoch": self.epoch,
-            "model": getattr(self.model, "module", self.model).state_dict(),
-            "opt": _opt_state(self.opt),
+            "model_file": str(Path(self.learn.model_dir) / model_file.name),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "smooth_loss": (smooth.count, smooth.val),
+            "smooth_loss": (smooth.count, _plain_tensor(smooth.val)),
             "train_iter": self.train_iter,
             "rows": self.learn.epoch_log.rows,
             "rng": rng,
             "data_id": self.data_id,
         })
+        _drop_model_files(models, keep=model_file.name)
+
+
+def _drop_model_files(models: Path, keep: str | None = None) -> None:
+    """Delete the model files in ``models`` but ``keep``, and temporary files a kill left there."""
+    if not models.is_dir():
+        return
+    for p in models.iterdir():
+        if (_MODEL_FILE.fullmatch(p.name) and p.name != keep) or _MODEL_TMP.fullmatch(p.name):
+            p.unlink(missing_ok=True)
 
 
 class Restore(Callback):
@@ -120,7 +155,12 @@ class Restore(Callback):
 
 
 def read(run_dir: Path, world: int) -> dict:
-    """The checkpoint of ``run_dir``; :class:`ResumeError` if there is none or it needs other processes."""
+    """The run state of ``run_dir`` with its model file's ``"model"`` and ``"opt"`` added.
+
+    :class:`ResumeError` if there is no checkpoint, its model file is missing or it needs another
+    number of processes. Rank 0 deletes what a kill can leave besides: temporary files, and a model
+    file written after the last ``checkpoint.pth``.
+    """
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         raise ResumeError(f"--resume {str(run_dir)!r}: no {CHECKPOINT_FILE}; the run stopped before its first "
@@ -129,9 +169,15 @@ def read(run_dir: Path, world: int) -> dict:
     if len(ckpt["rng"]) != world:
         raise ResumeError(f"--resume: the run used {len(ckpt['rng'])} process(es); resume it with the same "
                           f"number (now {world})")
+    model_file = run_dir / ckpt["model_file"]
+    if not model_file.exists():
+        raise ResumeError(f"--resume: {CHECKPOINT_FILE} names {str(model_file)!r}, which is missing; "
+                          f"start the run again")
+    ckpt |= torch.load(model_file, map_location="cpu", weights_only=True)  # {"model", "opt"}
     if distributed.rank() == 0:
         for stray in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write
             stray.unlink(missing_ok=True)
+        _drop_model_files(model_file.parent, keep=model_file.name)
     return ckpt
 
 
@@ -163,6 +209,12 @@ def restore(learn, ckpt: dict | None) -> list[Callback]:
     return [Restore(ckpt)]
 
 
-def remove(run_dir: Path) -> None:
-    """The run finished: the checkpoint (~3x the model's size) is no longer needed."""
+def remove(run_dir: Path, model_dir: str = MODEL_DIR) -> None:
+    """The run finished: the run state, then the model files (and their folder if now empty) go."""
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    models = run_dir / model_dir
+    _drop_model_files(models)
+    try:
+        models.rmdir()
+    except OSError:  # absent, or holds files of someone else's
+        pass

@@ -48,7 +48,9 @@ ENV_FILE = "env.json"  # versions, device, threads, git commit
 METRICS_FILE = "metrics.csv"  # one row per finished epoch
 FINAL_FILE = "final.json"  # final metrics; its presence means the run finished
 PREDS_FILE = "valid_preds.pt"  # {"probs": (N, K) float32, "targets": (N,) int64} on the validation set
-CHECKPOINT_FILE = "checkpoint.pth"  # replaced after each epoch, removed when the run finishes
+# run state after each epoch, naming its model file models/model_<epoch>.pth (learn.load reads that
+# one); both replaced after each epoch and removed when the run finishes (lsmooth.checkpoint)
+CHECKPOINT_FILE = "checkpoint.pth"
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:

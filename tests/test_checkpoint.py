@@ -46,12 +46,16 @@ def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(tiny_dir, tmp_path, c
         train(tiny_config(tiny_dir, tmp_path, **RUN))
     monkeypatch.undo()
     run = info.value.run_dir
-    assert {p.name for p in run.iterdir()} == {CONFIG_FILE, ENV_FILE, METRICS_FILE, CHECKPOINT_FILE}
+    assert {p.name for p in run.iterdir()} == {CONFIG_FILE, ENV_FILE, METRICS_FILE, CHECKPOINT_FILE, "models"}
+    assert [p.name for p in (run / "models").iterdir()] == ["model_0.pth"]
     assert len(epochs_table(run)) == 1
     ckpt = torch.load(run / CHECKPOINT_FILE, weights_only=True)
-    assert ckpt["epoch"] == 0 and {"model", "opt", "rng", "smooth_loss", "scaler", "rows"} <= ckpt.keys()
+    assert ckpt["epoch"] == 0 and {"model_file", "rng", "smooth_loss", "scaler", "rows"} <= ckpt.keys()
+    assert ckpt["model_file"] == "models/model_0.pth"
+    assert torch.load(run / "models" / "model_0.pth", weights_only=True).keys() == {"model", "opt"}
 
     (run / f".{CHECKPOINT_FILE}.x.tmp").write_bytes(b"half")  # a kill during a checkpoint write
+    (run / "models" / ".model_1.pth.x.tmp").write_bytes(b"half")  # a kill during a model write
     capsys.readouterr()
     final = resume(run)
     assert f"resuming {run} after epoch 1 of 3" in capsys.readouterr().out
@@ -92,7 +96,10 @@ def cut_run(tiny_dir, tmp_path) -> Path:
     run.mkdir()
     config = dataclasses.asdict(T.resolve(tiny_config(tiny_dir, tmp_path, **RUN)))
     (run / CONFIG_FILE).write_text(json.dumps(config))
-    torch.save({"epoch": 0, "data_id": "other data", "rng": [{}]}, run / CHECKPOINT_FILE)
+    torch.save({"epoch": 0, "data_id": "other data", "rng": [{}], "model_file": "models/model_0.pth"},
+               run / CHECKPOINT_FILE)
+    (run / "models").mkdir()
+    torch.save({"model": {}, "opt": {}}, run / "models" / "model_0.pth")
     return run
 
 
@@ -109,7 +116,96 @@ def test_resume_refuses_changed_data(cut_run):
         resume(cut_run, threads=1)
 
 
+def test_resume_refuses_a_checkpoint_whose_model_file_is_gone(cut_run):
+    (cut_run / "models" / "model_0.pth").unlink()
+    with pytest.raises(checkpoint.ResumeError, match="model_0.pth', which is missing"):
+        resume(cut_run, threads=1)
+
+
 def test_resume_refuses_another_number_of_processes(cut_run):
     torch.save({"epoch": 0, "rng": [{}, {}]}, cut_run / CHECKPOINT_FILE)
     with pytest.raises(checkpoint.ResumeError, match="used 2 process"):
         resume(cut_run)
+
+
+# ---------------------------------------------------------------- the model file is fastai's
+class KeepWeights(Callback):
+    """After the Checkpoint callback: a copy of the weights of every epoch."""
+
+    order = 80
+
+    def before_fit(self):
+        self.weights = []
+
+    def after_epoch(self):
+        self.weights.append({k: v.clone() for k, v in self.model.state_dict().items()})
+
+
+class KillAt(Callback):
+    """SIGKILL stand-in: raises when ``atomic_save_torch`` is about to write ``name`` at ``epoch``."""
+
+    def __init__(self, monkeypatch, name: str, epoch: int):
+        real = checkpoint.atomic_save_torch
+
+        def save(path, obj):
+            if Path(path).name == name and self.epoch == epoch:
+                raise SystemExit("killed")
+            return real(path, obj)
+
+        monkeypatch.setattr(checkpoint, "atomic_save_torch", save)
+
+
+def _learner(path: Path, *cbs):
+    from fastai.test_utils import synth_learner
+
+    torch.manual_seed(0)
+    return synth_learner(path=path, cbs=[T.EpochLog(echo=False), checkpoint.Checkpoint("data"), *cbs])
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learn_load_reads_the_model_file_of_the_last_epoch(tmp_path):
+    learn = _learner(tmp_path, keep := KeepWeights())
+    learn.fit(3)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_2.pth"]  # older ones deleted
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert state["epoch"] == 2 and state["model_file"] == "models/model_2.pth"
+    assert not {"model", "opt"} & state.keys()
+    saved = torch.load(tmp_path / "models" / "model_2.pth", weights_only=True)
+    assert saved.keys() == {"model", "opt"}  # what learn.save(..., with_opt=True) writes
+
+    fresh = _learner(tmp_path / "other")
+    fresh.path = tmp_path
+    assert not _same(fresh.model.state_dict(), keep.weights[2])
+    fresh.load(checkpoint.model_name(2))  # fastai's own reader: model and optimizer
+    assert _same(fresh.model.state_dict(), keep.weights[2])
+    momentum = [[o.state[p]["grad_avg"] for p, *_ in o.all_params()] for o in (fresh.opt, learn.opt)]
+    assert all(torch.equal(a, b) for a, b in zip(*momentum, strict=True))
+    assert _same(checkpoint.read(tmp_path, 1)["model"], keep.weights[2])
+
+    checkpoint.remove(tmp_path)
+    assert not (tmp_path / CHECKPOINT_FILE).exists() and not (tmp_path / "models").exists()
+
+
+def test_a_kill_between_the_model_file_and_the_state_leaves_the_previous_pair(tmp_path, monkeypatch):
+    learn = _learner(tmp_path, keep := KeepWeights(), KillAt(monkeypatch, CHECKPOINT_FILE, epoch=1))
+    with pytest.raises(SystemExit):
+        learn.fit(3)
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["model_0.pth", "model_1.pth"]  # epoch 1's, unnamed yet
+    (models / ".model_2.pth.x.tmp").write_bytes(b"half")
+    ckpt = checkpoint.read(tmp_path, 1)
+    assert ckpt["epoch"] == 0 and ckpt["model_file"] == "models/model_0.pth"
+    assert _same(ckpt["model"], keep.weights[0])
+    assert [p.name for p in models.iterdir()] == ["model_0.pth"]  # the stray newer file and temp file gone
+
+
+def test_a_kill_during_the_model_write_leaves_the_previous_pair(tmp_path, monkeypatch):
+    learn = _learner(tmp_path, keep := KeepWeights(), KillAt(monkeypatch, "model_1.pth", epoch=1))
+    with pytest.raises(SystemExit):
+        learn.fit(3)
+    ckpt = checkpoint.read(tmp_path, 1)
+    assert ckpt["epoch"] == 0 and _same(ckpt["model"], keep.weights[0])
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["model_0.pth"]
