@@ -23,7 +23,7 @@ import os
 import torch
 from fastai.torch_core import distrib_barrier, num_distrib, rank_distrib
 
-__all__ = ["LaunchError", "barrier", "fit_one_cycle", "gather", "rank", "setup"]
+__all__ = ["LaunchError", "barrier", "fit_one_cycle", "gather", "rank", "rank0_first", "setup"]
 
 
 class LaunchError(RuntimeError):
@@ -53,6 +53,17 @@ def setup() -> tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         PartialState(cpu=not torch.cuda.is_available())
     return rank(), world
+
+
+def rank0_first(func, *args):
+    """``func(*args)`` on rank 0 first, then on the other ranks (fastai's ``rank0_first``) when
+    several processes run; a plain call in a single process, which therefore needs no accelerate
+    (importing ``fastai.distributed`` does)."""
+    if max(num_distrib(), 1) == 1:
+        return func(*args)
+    from fastai.distributed import rank0_first as fastai_rank0_first
+
+    return fastai_rank0_first(func, *args)
 
 
 def fit_one_cycle(learn, epochs: int, lr: float, *, cbs=(), start_epoch: int = 0) -> None:

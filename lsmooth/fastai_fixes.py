@@ -13,7 +13,6 @@ Drop each one once fastai's own code does the same.
 
 from __future__ import annotations
 
-import fastai.distributed
 import fastai.torch_core
 import torch
 
@@ -30,6 +29,8 @@ def _broadcast_any_backend(self, t, rank):
 
 def _wrap_dl_any_device(self, dl):
     """``DistributedTrainer._wrap_dl`` for a DDP model without ``.device`` (CPU)."""
+    import fastai.distributed
+
     if isinstance(dl, fastai.distributed.DistributedDL):
         return dl
     model = self.learn.model
@@ -39,6 +40,8 @@ def _wrap_dl_any_device(self, dl):
 
 def distributed_dl_on_cpu() -> None:
     """Let fastai's DistributedDL run on gloo (CPUs) too; the NCCL path is unchanged."""
+    import fastai.distributed  # needs accelerate, which single runs do not: imported only here
+
     fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
     fastai.distributed.DistributedTrainer._wrap_dl = _wrap_dl_any_device
 

@@ -39,7 +39,6 @@ import torch
 import torchvision
 from fastai.callback.core import Callback
 from fastai.data.transforms import Normalize
-from fastai.distributed import rank0_first
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy, error_rate
 from fastai.torch_core import default_device, set_seed
@@ -342,7 +341,7 @@ def train(cfg: Config, *, cbs=()) -> dict:
             check_writable(cfg.out)
         except OSError as e:
             raise ConfigError(f"--out: {e}") from None
-    data = rank0_first(load_data, cfg)  # rank 0 downloads or generates; the others then read
+    data = distributed.rank0_first(load_data, cfg)  # rank 0 downloads or generates; the others then read
     run_dir = _start_run(cfg, data, world) if rank == 0 else None
     return _fit(cfg, data, run_dir, None, cbs, t0)
 
@@ -380,7 +379,7 @@ def resume(run_dir: str | os.PathLike, *, threads: int | None = None, workers: i
             print(f"{run_dir} already finished; final metrics in {FINAL_FILE}", flush=True)
         return json.loads((run_dir / FINAL_FILE).read_text()) if rank == 0 else {}
     ckpt = checkpoint.read(run_dir, world)
-    data = rank0_first(load_data, cfg)
+    data = distributed.rank0_first(load_data, cfg)
     checkpoint.check_data(ckpt, data)
     if rank == 0:
         print(f"resuming {run_dir} after epoch {checkpoint.start_epoch(ckpt)} of {cfg.epochs}", flush=True)

@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -164,6 +166,25 @@ def test_tiny_run_writes_its_folder(tmp_path, capsys, tiny_dir):
     assert preds["probs"].shape == (44, 37) and preds["targets"].shape == (44,)
     out = capsys.readouterr().out
     assert "error" in out and "ECE" in out and f"run folder: {run}" in out
+
+
+@pytest.mark.slow
+def test_a_single_run_needs_no_accelerate(tmp_path, tiny_dir):
+    """The main command installs no extras: accelerate (needed by fastai.distributed) is optional."""
+    code = (
+        "import sys\n"
+        "sys.modules['accelerate'] = None  # as if not installed: importing it raises ModuleNotFoundError\n"
+        "from tests.conftest import tiny_config\n"
+        "from lsmooth.train import train\n"
+        f"final = train(tiny_config({str(tiny_dir)!r}, {str(tmp_path)!r}, epochs=1))\n"
+        "assert 'accelerate' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
+        "print('error_rate', final['error_rate'])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env=os.environ | {"PYTHONPATH": str(root)}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "error_rate" in res.stdout
 
 
 @pytest.mark.slow
