@@ -1,7 +1,7 @@
 """One softmax for forward and backward: lsmooth's CPU path for large inputs.
 
 ``lsmooth.losses`` calls :func:`fused_smoothed_nll` only where reading values is free (CPU, not
-compiled), for index targets without weights or ignored rows; the module is optional there.
+compiled), for index targets without weights; the module is optional there.
 
 The softmax ``p`` is computed once, in forward, and kept. The summed loss needs only three sums
 read off it: ``Σ log p_y``, ``Σ x_y`` and ``Σ x_c``, since per row ``Σ_c log p_c = Σ_c x_c - K·lse``
@@ -22,9 +22,11 @@ MIN_LOGITS = 1 << 16
 
 
 def fused_smoothed_nll(x: Tensor, t: Tensor, a: float, b: float, reduction: str) -> Tensor | None:
-    """``Σ_rows (a·l_y + b·Σ_c l_c)``, divided by N for ``'mean'``; None where this path does not
-    apply or pay (then the caller's general path runs): ``'none'``, no gradient wanted, 16-bit
-    logits, fewer than ``MIN_LOGITS`` logits, a row whose ``p_y`` underflows, a ``-inf`` logit."""
+    """``Σ_rows (a·l_y + b·Σ_c l_c)``, divided by N for ``'mean'``, for class indices ``t`` of
+    which none is ignored (the caller checks); None where this path does not apply or pay (then
+    the caller's general path runs): ``'none'``, no gradient wanted, 16-bit logits, fewer than
+    ``MIN_LOGITS`` logits, a class index out of range (the caller names it), a row whose ``p_y``
+    underflows, a ``-inf`` logit."""
     wanted = reduction != "none" and x.requires_grad and torch.is_grad_enabled()
     if not (wanted and x.dtype in (torch.float32, torch.float64) and x.numel() >= MIN_LOGITS):
         return None
@@ -33,7 +35,10 @@ def fused_smoothed_nll(x: Tensor, t: Tensor, a: float, b: float, reduction: str)
     with torch.no_grad():
         x_sum = x.sum()  # before the softmax, while x is still in cache for it: measured faster
         p = torch.softmax(x, 1)
-        p_y = p.gather(1, t1)
+        try:
+            p_y = p.gather(1, t1)
+        except RuntimeError:  # a class index out of range
+            return None
         p_min, s_lp, s_xy, s_x = torch.stack((p_y.amin(), p_y.log().sum(), x.gather(1, t1).sum(), x_sum)).tolist()
     if not (p_min >= torch.finfo(x.dtype).tiny and math.isfinite(s_x)):
         return None

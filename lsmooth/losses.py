@@ -20,7 +20,8 @@ targets is ``a·w_y·l_y + b·Σ_c w_c·l_c`` with ``(a, b) = (1-ε, ε/K)`` for
 
 Host reads. On the CPU, outside ``torch.compile``, reading a tensor value into Python is free and
 the loss does it: to name a bad target in a ``ValueError``, and to skip masks the values make
-unnecessary (ignored rows, ``-inf`` logits). Anywhere else (CUDA, meta, compiled) it reads nothing:
+unnecessary (one read says whether a row is ignored, one whether a ``-inf`` logit made the result
+non-finite). Anywhere else (CUDA, meta, compiled) it reads nothing:
 value-dependent choices are made on the device with masks, so nothing waits for the device and the
 loss compiles with ``fullgraph=True``. Bad targets there are left to PyTorch, as in its own loss:
 a class index out of range trips ``nll_loss``'s device-side assert; soft targets that are not
@@ -48,6 +49,7 @@ __all__ = [
 ]  # fmt: skip
 
 _REDUCTIONS = ("mean", "sum", "none")
+_SUMMED = ("mean", "sum")
 _SPREADS = ("uniform", "others")
 
 
@@ -94,6 +96,7 @@ def _coefficients(eps: float, spread: str, n_classes):
     """``(a, b)`` with ``q = a·onehot + b`` over the ``n_classes`` possible classes (int or per-row tensor)."""
     if spread == "uniform":
         return 1 - eps, eps / n_classes
+    _check_choice("spread", spread, _SPREADS)
     if isinstance(n_classes, Tensor):
         b = torch.where(n_classes > 1, eps / (n_classes - 1).clamp_min(1), 0.0)
     else:
@@ -115,21 +118,16 @@ def _index_target(target: Tensor) -> Tensor:
     return target.long()
 
 
-def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> bool:
-    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than
-    ``ignore_index``); else whether some target may equal ``ignore_index``."""
-    if target.numel() == 0:
-        return False
-    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
-    if 0 <= lo and hi < num_classes:
-        return ignore_index is not None and lo <= ignore_index <= hi
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
+    bad = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        bad &= target != ignore_index
     if bad.any():
         where = tuple(bad.nonzero()[0].tolist())
         also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"target has class index {target[where].item()} at position {where}; "
                          f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
-    return True
 
 
 def _check_soft_target(target: Tensor) -> None:
@@ -152,7 +150,6 @@ def smooth_targets(
     ``label_smoothing_cross_entropy(x, smooth_targets(t, K, eps), eps=0)`` equals
     ``label_smoothing_cross_entropy(x, t, eps)``."""
     eps = _check_eps(eps)
-    _check_choice("spread", spread, _SPREADS)
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
     target = _index_target(target)
@@ -185,34 +182,41 @@ def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
     return rows if keep is None else rows.where(keep, 0)
 
 
-def _reduced(x: Tensor, t: Tensor, a: float, b: float, reduction: str) -> Tensor:
-    """The summed (``'sum'``) or averaged (``'mean'``) loss of class indices without weights or
-    ignored rows, reduced as it is computed: the fused path where it applies, else
-    ``a·NLL - b·Σ log p`` from three native kernels (at the Pets head the cost is per kernel, and a
-    per-row loss then its reduction takes twice as many)."""
+def _some_ignored(t: Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Host only: whether a class index equals ``ignore_index``; one read where that lies outside
+    ``[0, K)`` (as usual), since ``nll_loss`` raises on any other index out of range."""
+    if not len(t):
+        return False
+    if ignore_index < 0:
+        return int(t.min()) < 0
+    if ignore_index >= num_classes:
+        return int(t.max()) >= num_classes
+    return bool((t == ignore_index).any())
+
+
+def _host_reduced(x: Tensor, t: Tensor, a: float, b: float, reduction: str, ignore_index: int) -> Tensor | None:
+    """Host only: the summed or averaged loss of class indices without weights or ignored rows,
+    reduced as it is computed; None if it is not finite (a ``-inf`` logit: the masked path handles
+    it). The fused path where it applies, else ``a·NLL - b·Σ log p`` from three native kernels (at
+    the Pets head the cost is per kernel: per-row losses then their reduction take twice as many).
+    ``nll_loss`` raises on a class index out of range; the ValueError then names it."""
     loss = fused_smoothed_nll(x, t, a, b, reduction) if fused_smoothed_nll is not None else None
-    if loss is not None:  # None: not worth it here, or p_y underflows / a -inf logit
+    if loss is not None:  # None: not worth it here, p_y underflows or a -inf logit
         return loss
     logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
+    try:
+        nll = F.nll_loss(logp, t, ignore_index=ignore_index, reduction=reduction)
+    except IndexError:
+        _check_range(t, x.shape[1], ignore_index)
+        raise
     scale = 1 / max(len(t), 1) if reduction == "mean" else 1
-    return torch.add(F.nll_loss(logp, t, reduction=reduction) * a, logp.sum(), alpha=-b * scale)
+    loss = torch.add(nll * a, logp.sum(), alpha=-b * scale)
+    return loss if math.isfinite(loss.item()) else None
 
 
 def _flatten_classes(x: Tensor) -> Tensor:
     """(N, K, d1, ...) -> (N·d1·..., K)."""
     return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x
-
-
-def _check_input(input: Tensor, weight: Tensor | None) -> int:
-    if input.dim() < 2:
-        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
-    k = input.shape[1]
-    if k < 2:
-        raise ValueError(f"logits have K={k} classes on axis 1; need K >= 2 "
-                         "(use LabelSmoothingBCEWithLogits for binary)")  # fmt: skip
-    if weight is not None and weight.shape != (k,):
-        raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
-    return k
 
 
 def label_smoothing_cross_entropy(
@@ -233,17 +237,36 @@ def label_smoothing_cross_entropy(
     target weight, is 0 with zero gradient. 16-bit logits are accumulated in float32 and the loss
     is float32 (gradients in the logits' dtype). No N×K target is built for class indices.
     """
-    _check_choice("reduction", reduction, _REDUCTIONS)
-    _check_choice("spread", spread, _SPREADS)
     eps = _check_eps(eps)
-    k = _check_input(input, weight)
     # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
     input = input if type(input) is Tensor else input.as_subclass(Tensor)
     target = target if type(target) is Tensor else target.as_subclass(Tensor)
+    # The plain case in as few lines of Python as possible: at the Pets head, in a training step
+    # (cold caches), each costs about as much as a kernel.
+    if (weight is None and reduction in _SUMMED and input.dim() == 2 and target.dtype == torch.int64
+            and target.shape == input.shape[:1] and input.shape[1] > 1 and _host_reads_ok(input)):  # fmt: skip
+        k = input.shape[1]
+        if not _some_ignored(target, k, ignore_index):
+            loss = _host_reduced(input, target, *_coefficients(eps, spread, k), reduction, ignore_index)
+            return _general(input, target, eps, None, reduction, ignore_index, spread, False) if loss is None else loss
+    return _general(input, target, eps, weight, reduction, ignore_index, spread, True)
+
+
+def _general(input, target, eps, weight, reduction, ignore_index, spread, host_ok) -> Tensor:
+    """Everything else: N-d, weights, soft targets, ``'none'``, off the host, ``-inf`` logits."""
+    _check_choice("reduction", reduction, _REDUCTIONS)
+    if input.dim() < 2:
+        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
+    k = input.shape[1]
+    if k < 2:
+        raise ValueError(f"logits have K={k} classes on axis 1; need K >= 2 "
+                         "(use LabelSmoothingBCEWithLogits for binary)")  # fmt: skip
     if weight is not None:
+        if weight.shape != (k,):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
         weight = weight.to(device=input.device, dtype=_compute_dtype(input.dtype))
     x = _flatten_classes(input)
-    host = _host_reads_ok(x)
+    host = host_ok and _host_reads_ok(x)
 
     out_shape = input.shape[:1] + input.shape[2:]
     if target.is_floating_point() and target.dim() > 1:
@@ -259,15 +282,16 @@ def label_smoothing_cross_entropy(
                              f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
         t = _index_target(target)
         t = t if t.dim() == 1 else t.reshape(-1)
-        some_ignored = _check_range(t, k, ignore_index) if host else True
-        if host and not some_ignored and weight is None and reduction != "none":
-            loss = _reduced(x, t, *_coefficients(eps, spread, k), reduction)
-            if math.isfinite(loss.item()):
+        if host and weight is None and reduction != "none" and not _some_ignored(t, k, ignore_index):
+            loss = _host_reduced(x, t, *_coefficients(eps, spread, k), reduction, ignore_index)
+            if loss is not None:
                 return loss
-            host = False  # a -inf logit (or an empty 'mean'): straight to the masked path
-        keep = t != ignore_index if some_ignored else None
-        w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
-        denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
+            host = False  # a -inf logit: straight to the masked path
+        elif host:
+            _check_range(t, k, ignore_index)
+        keep = t != ignore_index
+        w_y = None if weight is None else weight[t.where(keep, 0)] * keep
+        denom = keep.sum() if w_y is None else w_y.sum()
     rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
 
     loss = reduce_loss(rows(masked=not host).reshape(out_shape), reduction, denom)

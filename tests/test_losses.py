@@ -761,6 +761,37 @@ def test_bad_inputs_name_the_value(x, t, message):
         LabelSmoothingCrossEntropy(0.1)(x, t)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, -1, 0, 2, 5, 255])  # below 0, inside [0, K), K and above
+@pytest.mark.parametrize("shape", [(9, 5), (300, 300)], ids=["small", "fused size"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ignore_index_anywhere_with_and_without_ignored_rows(ignore_index, shape, reduction, path):
+    """The plain case learns whether a row is ignored from one read when ignore_index lies outside
+    [0, K), relying on nll_loss to refuse every other index out of range; checked on each side."""
+    x, t, _ = make(shape)
+    kw = dict(ignore_index=ignore_index, reduction=reduction)
+    for ignored in (False, True):
+        if ignored:
+            t[::4] = ignore_index
+        elif 0 <= ignore_index < shape[1]:
+            t[t == ignore_index] = (ignore_index + 1) % shape[1]
+        assert_close(
+            value_and_grad(label_smoothing_cross_entropy, x, t, 0.1, **kw),
+            value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1, **kw),
+        )
+
+
+@pytest.mark.parametrize("bad", [-1, -100, 5, 300])
+@pytest.mark.parametrize("shape", [(9, 5), (300, 300)], ids=["small", "fused size"])
+def test_bad_class_index_is_named_on_every_host_route(bad, shape):
+    x, t, _ = make(shape)
+    x.requires_grad_()
+    t[3] = bad if bad < 0 else bad if bad >= shape[1] else shape[1]
+    for ignore_index in (-7, 255, 1):  # below 0, above K, inside [0, K): three ways of deciding
+        message = rf"class index {t[3].item()} at position \(3,\).*\(or ignore_index={ignore_index}\)"
+        with pytest.raises(ValueError, match=message):
+            label_smoothing_cross_entropy(x, t, 0.1, ignore_index=ignore_index)
+
+
 def test_bad_weight_length_and_bad_reduction_set_later():
     with pytest.raises(ValueError, match=r"weight has shape \(4,\); expected \(3,\)"):
         LabelSmoothingCrossEntropy(0.1, torch.ones(4))(torch.randn(2, 3), torch.tensor([0, 1]))
