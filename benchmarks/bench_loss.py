@@ -15,6 +15,8 @@ Implementations (all with eps = 0.1, 'uniform' convention, mean reduction):
               (1-eps)*nll_loss(lp, t) + eps*(-lp.sum(-1)).mean()/K
     softmax   the floor: one out-of-place torch.softmax(x, 1), no autograd
 
+    lsmooth-general    lsmooth without its plain-case early exit: every call through the general
+                       path's checks and normalisation (which then takes the same host shortcuts)
     lsmooth-no-fused   lsmooth without lsmooth/fused.py (its reduced native form on the host)
     lsmooth-rows       lsmooth without its reduced forms: per-row losses, then their mean (the
                        general path on the host, as for 'none', weights or ignored rows)
@@ -44,6 +46,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import resource
 import shlex
@@ -62,7 +65,7 @@ FLOOR = "softmax"
 # mode -> (implementations, the peers among them, the implementation under test)
 MODES = {
     "peers": (IMPLS, PEERS, "lsmooth"),
-    "ablation": (("lsmooth", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"), (), "lsmooth"),
+    "ablation": (("lsmooth", "lsmooth-general", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"), (), "lsmooth"),
     "compiled": (("lsmooth-compiled", "torch-compiled"), ("torch-compiled",), "lsmooth-compiled"),
 }
 ALL = tuple(dict.fromkeys(n for impls, _, _ in MODES.values() for n in impls)) + (FLOOR,)
@@ -89,7 +92,9 @@ TARGET_PEER_BIG, TARGET_PEER_SMALL, TARGET_FLOOR = 0.8, 1.0, 2.5
 TARGET_PEER_COLD = 1.0  # caches evicted before every call (a training step): at every shape
 CACHE_NOTE = {
     "warm": "warm (each sample starts with one untimed call of the same implementation)",
-    "cold": "cold (64 MiB written before every timed call, one call per sample)",
+    "cold": "cold (an untimed training step of a small CNN and 64 MiB written before every timed call, one call "
+    "per sample)",
+    "evict": "evicted (64 MiB written before every timed call, one call per sample; no training step)",
     "as-is": "as left by the previous implementation (no untimed call before a sample)",
 }
 
@@ -105,16 +110,17 @@ def make_impl(name: str):
         from lsmooth.losses import label_smoothing_cross_entropy
 
         return lambda x, t: label_smoothing_cross_entropy(x, t, EPS)
-    if name in ("lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"):
+    if name in ("lsmooth-general", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"):
         from lsmooth import losses
 
-        def per_row_then_reduced(x, t, a, b, reduction):  # what _reduced saves: the general path's rows
+        def per_row_then_reduced(x, t, a, b, reduction, ignore_index):  # what _host_reduced saves
             return losses.reduce_loss(losses._rows(x, t, EPS, None, "uniform", -100, None, False), reduction)
 
         # the branch is switched off only while the loss runs (forward; backward needs no switch)
         key, off = {
+            "lsmooth-general": ("_SUMMED", ()),  # no reduction qualifies for the early exit
             "lsmooth-no-fused": ("fused_smoothed_nll", None),
-            "lsmooth-rows": ("_reduced", per_row_then_reduced),
+            "lsmooth-rows": ("_host_reduced", per_row_then_reduced),
             "lsmooth-device": ("_host_reads_ok", lambda x: False),
         }[name]
         on = getattr(losses, key)
@@ -247,16 +253,32 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-_EVICT = None
+_STEP = None
 
 
-def _evict_caches():
-    """Write 64 MiB (more than this machine's caches) so the next call starts cold, as a loss call
-    does in training after the model's forward pass."""
-    global _EVICT
-    if _EVICT is None:
-        _EVICT = torch.empty(64 << 20, dtype=torch.uint8)
-    _EVICT.add_(1)
+def _training_step(device, net=True):
+    """What runs between two loss calls in training, so that the next call starts cold: one
+    untimed forward, backward and SGD step of a small CNN on 64 images of 32×32, then 64 MiB
+    written (more than this machine's caches). Writing memory alone evicts the caches but leaves
+    the branch predictors as the previous implementation trained them; the times then depended on
+    which implementations shared a run (benchmarks/README.md, "Warm and cold caches")."""
+    global _STEP
+    if _STEP is None:
+        g = torch.Generator().manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 37),
+        ).to(device)  # fmt: skip
+        images = torch.randn(64, 3, 32, 32, generator=g).to(device)
+        _STEP = net, torch.optim.SGD(net.parameters(), lr=1e-3), images, torch.empty(64 << 20, dtype=torch.uint8)
+    model, opt, images, scratch = _STEP
+    if net:  # False: --cache evict, the memory write alone
+        with torch.enable_grad():
+            model(images).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    scratch.add_(1)
 
 
 def _call(name, f, x, leaf, t):
@@ -271,18 +293,18 @@ def _sample(name, f, x, t, number, device, cache="warm"):
     """(seconds, minor page faults) per call, averaged over ``number`` calls.
 
     ``cache``: 'warm' makes one untimed call first, then times ``number`` back-to-back calls;
-    'as-is' times them straight after whatever ran before; 'cold' evicts the caches (untimed)
-    before each call and times the calls one by one.
+    'as-is' times them straight after whatever ran before; 'cold' runs an untimed training step
+    (:func:`_training_step`) before each call and times the calls one by one.
     """
     leaf = x.detach().requires_grad_()
     with torch.no_grad() if name == FLOOR else contextlib.nullcontext():
         if cache == "warm":
             _call(name, f, x, leaf, t)
         seconds, faults = 0.0, 0
-        batches, calls = (number, 1) if cache == "cold" else (1, number)
+        batches, calls = (number, 1) if cache in ("cold", "evict") else (1, number)
         for _batch in range(batches):
-            if cache == "cold":
-                _evict_caches()
+            if cache in ("cold", "evict"):
+                _training_step(device, net=cache == "cold")
             _sync(device)
             f0, t0 = _minor_faults(), time.perf_counter()
             for _call_index in range(calls):
@@ -312,7 +334,7 @@ def steady_malloc() -> str:
 
 
 def time_all(impls: dict, x, t, device, args):
-    """Round-robin timing; returns ({name: [seconds per call, ...]}, {name: [page faults per call, ...]},
+    """Interleaved timing; returns ({name: [seconds per call, ...]}, {name: [page faults per call, ...]},
     reps, {name: number})."""
     names = list(impls)
     warm = 1 if args.quick else 3
@@ -322,7 +344,7 @@ def time_all(impls: dict, x, t, device, args):
         est[name] = min(ts[1:] or ts)
     min_sample = 0.2e-3 if args.quick else args.min_sample_ms * 1e-3
     number = {n: max(1, math.ceil(min_sample / max(est[n], 1e-7))) for n in names}
-    if args.cache == "cold":  # every call is timed on its own after an eviction
+    if args.cache in ("cold", "evict"):  # every call is timed on its own after an eviction
         number = dict.fromkeys(names, 1)
     per_rep = sum(number[n] * est[n] for n in names)
     if args.reps:
@@ -333,6 +355,7 @@ def time_all(impls: dict, x, t, device, args):
         reps = int(min(args.max_reps, max(args.min_reps, args.budget / max(per_rep, 1e-9))))
     samples = {n: [] for n in names}
     faults = {n: [] for n in names}
+    rng = random.Random(0)
     gc.collect()
     gc.disable()
     try:
@@ -342,7 +365,7 @@ def time_all(impls: dict, x, t, device, args):
             if not args.reps and r >= args.min_reps and time.perf_counter() - t0 > 3 * args.budget:
                 reps = r
                 break
-            order = names[r % len(names) :] + names[: r % len(names)]
+            order = rng.sample(names, len(names))  # a fresh order each repetition, see README
             for name in order:
                 seconds, n_faults = _sample(name, impls[name], x, t, number[name], device, args.cache)
                 samples[name].append(seconds)
@@ -527,12 +550,13 @@ def analyse(name_shape, dtype_name, x, samples, faults, number, reps, checks, me
     elif subject in by:
         r = by[subject]
         if r["peer"] is not None:
-            target = TARGET_PEER_COLD if cache == "cold" else TARGET_PEER_BIG if k >= 1000 else TARGET_PEER_SMALL
+            cold = cache in ("cold", "evict")
+            target = TARGET_PEER_COLD if cold else TARGET_PEER_BIG if k >= 1000 else TARGET_PEER_SMALL
             verdicts.append(
                 f"{'PASS' if r['peer'] <= target else 'FAIL'} time {r['peer']:.2f}× fastest peer "
                 f"({fastest}), target ≤ {target}"
             )
-        if k >= 1000 and r["floor"] is not None and cache != "cold":
+        if k >= 1000 and r["floor"] is not None and cache not in ("cold", "evict"):
             verdicts.append(
                 f"{'PASS' if r['floor'] <= TARGET_FLOOR else 'FAIL'} time {r['floor']:.2f}× softmax floor, "
                 f"target ≤ {TARGET_FLOOR}"
@@ -648,10 +672,11 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--cache",
-        choices=("warm", "cold", "as-is"),
+        choices=("warm", "cold", "evict", "as-is"),
         default="warm",
-        help="'warm' (default): each sample starts with one untimed call; 'cold': caches evicted before every "
-        "call, as in training; 'as-is': samples start right after the previous implementation's",
+        help="'warm' (default): each sample starts with one untimed call; 'cold': an untimed training step of a "
+        "small CNN and 64 MiB written before every call, as in training; 'evict': the 64 MiB write alone (the method "
+        "before 2026-12-02); 'as-is': samples start right after the previous implementation's",
     )
     p.add_argument(
         "--malloc",
@@ -805,9 +830,10 @@ def summary_lines(results, mode="peers") -> list[str]:
     _, peers, subject = MODES[mode]
     if mode == "ablation":
         out = [
-            "| logits | lsmooth | without fused.py | gain of the fused path | per-row, then reduced "
-            "| gain of the reduced form | device path (no host reads) | gain of the host-decided shortcuts |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| logits | lsmooth | general path only | gain of the early exit | without fused.py "
+            "| gain of the fused path | per-row, then reduced | gain of the reduced form "
+            "| device path (no host reads) | gain of the host-decided shortcuts |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
         def gain(without, with_):
@@ -815,10 +841,11 @@ def summary_lines(results, mode="peers") -> list[str]:
 
         for res in results:
             by = {r["impl"]: r["ms"] for r in res["rows"]}
-            full, no_fused, rows, device = (by.get(n) for n in MODES["ablation"][0])
-            cells = [fmt_ms(v) + " ms" if v else "–" for v in (full, no_fused, rows, device)]
-            out.append(f"| {res['label']} {res['dtype']} | {cells[0]} | {cells[1]} | {gain(no_fused, full)} "
-                       f"| {cells[2]} | {gain(rows, no_fused)} | {cells[3]} | {gain(device, rows)} |")  # fmt: skip
+            full, general, no_fused, rows, device = (by.get(n) for n in MODES["ablation"][0])
+            cells = [fmt_ms(v) + " ms" if v else "–" for v in (full, general, no_fused, rows, device)]
+            out.append(f"| {res['label']} {res['dtype']} | {cells[0]} | {cells[1]} | {gain(general, full)} "
+                       f"| {cells[2]} | {gain(no_fused, full)} | {cells[3]} | {gain(rows, no_fused)} "
+                       f"| {cells[4]} | {gain(device, rows)} |")  # fmt: skip
         return out
     out = [
         f"| logits | {subject} | fastest peer | ÷ fastest peer | ÷ softmax floor "
@@ -859,7 +886,8 @@ def write_markdown(args, results, header, mem_note, command, date, device, elaps
     if args.mode == "ablation":
         lines += [
             "",
-            "Ablation: lsmooth as shipped, without lsmooth/fused.py (`lsmooth-no-fused`: the reduced native "
+            "Ablation: lsmooth as shipped, without its plain-case early exit (`lsmooth-general`: every call "
+            "through the general path's checks), without lsmooth/fused.py (`lsmooth-no-fused`: the reduced native "
             "form), without either reduced form (`lsmooth-rows`: per-row losses, then their mean, as the general "
             "path computes 'none', weights and ignored rows), and as it runs off the CPU (`lsmooth-device`: no "
             "host reads, so the ignore and -inf masks are always computed), timed interleaved in one run. The gain "

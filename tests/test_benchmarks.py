@@ -33,7 +33,7 @@ def test_correctness_gate_rejects_wrong_losses():
     )
 
 
-@pytest.mark.parametrize("cache", ["warm", "cold"])
+@pytest.mark.parametrize("cache", ["warm", "cold", "evict"])
 def test_quick_run_writes_summary_and_verdicts(cache, tmp_path):
     text, rows = quick(tmp_path, "--shapes", "64x37", "512x1000", "--cache", cache)
     assert "Quick smoke run" in text and "allocator: glibc mallopt" in text
@@ -45,9 +45,10 @@ def test_quick_run_writes_summary_and_verdicts(cache, tmp_path):
 
 def test_quick_ablation_run(tmp_path):
     text, rows = quick(tmp_path, "--mode", "ablation", "--shapes", "64x37", "512x1000")
-    assert "mode: ablation" in text and "gain of the fused path" in text and "gain of the reduced form" in text
-    assert len(rows) == 2 and all(r.count("%") == 3 for r in rows)
-    assert "WRONG" not in text and text.count("| ok (loss") == 2 * 4
+    assert "mode: ablation" in text and "gain of the early exit" in text
+    assert "gain of the fused path" in text and "gain of the reduced form" in text
+    assert len(rows) == 2 and all(r.count("%") == 4 for r in rows)
+    assert "WRONG" not in text and text.count("| ok (loss") == 2 * 5
 
 
 @pytest.mark.slow
