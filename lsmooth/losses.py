@@ -174,7 +174,7 @@ def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
     else:
         term = F.nll_loss(logp, target, weight, ignore_index=ignore_index, reduction="none")
     n_classes = x.shape[1]
-    if masked:  # where, not nan_to_num: measured 1.5-2× faster eager and compiled, for a bool mask kept
+    if masked:  # where, not nan_to_num: keeps a bool mask, but compiled 1.08-1.58× -> 0.96-1.12× PyTorch's
         finite = logp != -math.inf
         n_classes = finite.sum(1, dtype=logp.dtype)
         logp = torch.where(finite, logp, 0)
