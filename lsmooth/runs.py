@@ -53,15 +53,21 @@ PREDS_FILE = "valid_preds.pt"  # {"probs": (N, K) float32, "targets": (N,) int64
 CHECKPOINT_FILE = "checkpoint.pth"
 
 
+_UMASK = os.umask(0)  # read once, at import: os.umask can only be read by setting it
+os.umask(_UMASK)
+
+
 def _atomic(path: str | os.PathLike, write) -> Path:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync, then ``os.replace`` it.
 
     A crash or SIGKILL at any point leaves either the old ``path`` or the new one, never a mix;
-    at worst a stray ``.<name>.*.tmp`` file stays behind.
+    at worst a stray ``.<name>.*.tmp`` file stays behind. The file gets the mode ``open()`` would
+    give it (0666 less the umask), not mkstemp's 0600.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it; mkstemp's 0600 hides results from others
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

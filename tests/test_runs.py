@@ -53,3 +53,10 @@ def test_check_writable_refuses_a_file(tmp_path):
 def test_file_names_are_distinct():
     names = [runs.CONFIG_FILE, runs.ENV_FILE, runs.METRICS_FILE, runs.FINAL_FILE, runs.PREDS_FILE, runs.CHECKPOINT_FILE]
     assert len(set(names)) == len(names)
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, monkeypatch):
+    """Not mkstemp's owner-only 0600: results copied or shared keep the usual permissions."""
+    monkeypatch.setattr(runs, "_UMASK", 0o022)  # the usual umask, whatever this process has
+    for f in (atomic_write_json(tmp_path / "a.json", {}), atomic_save_torch(tmp_path / "b.pt", {})):
+        assert f.stat().st_mode & 0o777 == 0o644
