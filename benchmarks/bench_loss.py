@@ -259,21 +259,23 @@ _STEP = None
 def _training_step(device, net=True):
     """What runs between two loss calls in training, so that the next call starts cold: one
     untimed forward, backward and SGD step of a small CNN on 64 images of 32×32, then 64 MiB
-    written (more than this machine's caches). Writing memory alone evicts the caches but leaves
+    written on the device (more than this CPU's caches, or a GPU's L2). ``net=False``
+    (``--cache evict``) writes the memory alone. Writing memory alone evicts the caches but leaves
     the branch predictors as the previous implementation trained them; the times then depended on
     which implementations shared a run (benchmarks/README.md, "Warm and cold caches")."""
     global _STEP
     if _STEP is None:
         g = torch.Generator().manual_seed(0)
-        net = torch.nn.Sequential(
+        model = torch.nn.Sequential(
             torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
             torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 37),
         ).to(device)  # fmt: skip
         images = torch.randn(64, 3, 32, 32, generator=g).to(device)
-        _STEP = net, torch.optim.SGD(net.parameters(), lr=1e-3), images, torch.empty(64 << 20, dtype=torch.uint8)
+        scratch = torch.empty(64 << 20, dtype=torch.uint8, device=device)  # on a GPU: more than its L2
+        _STEP = model, torch.optim.SGD(model.parameters(), lr=1e-3), images, scratch
     model, opt, images, scratch = _STEP
-    if net:  # False: --cache evict, the memory write alone
+    if net:
         with torch.enable_grad():
             model(images).square().mean().backward()
         opt.step()
