@@ -118,16 +118,21 @@ def _index_target(target: Tensor) -> Tensor:
     return target.long()
 
 
-def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
-    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
-    bad = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        bad &= target != ignore_index
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> bool:
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than
+    ``ignore_index``); else whether some target may equal ``ignore_index``."""
+    if target.numel() == 0:
+        return False
+    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
+    if 0 <= lo and hi < num_classes:
+        return ignore_index is not None and lo <= ignore_index <= hi
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
     if bad.any():
         where = tuple(bad.nonzero()[0].tolist())
         also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"target has class index {target[where].item()} at position {where}; "
                          f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
+    return True
 
 
 def _check_soft_target(target: Tensor) -> None:
@@ -283,16 +288,15 @@ def _general(input, target, eps, weight, reduction, ignore_index, spread, host_o
                              f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
         t = _index_target(target)
         t = t if t.dim() == 1 else t.reshape(-1)
-        if host and weight is None and reduction != "none" and not _some_ignored(t, k, ignore_index):
+        some_ignored = _check_range(t, k, ignore_index) if host else True
+        if host and not some_ignored and weight is None and reduction != "none":
             loss = _host_reduced(x, t, *_coefficients(eps, spread, k), reduction, ignore_index)
             if loss is not None:
                 return loss
             host = False  # a -inf logit: straight to the masked path
-        elif host:
-            _check_range(t, k, ignore_index)
-        keep = t != ignore_index
-        w_y = None if weight is None else weight[t.where(keep, 0)] * keep
-        denom = keep.sum() if w_y is None else w_y.sum()
+        keep = t != ignore_index if some_ignored else None
+        w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
+        denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
     rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
 
     loss = reduce_loss(rows(masked=not host).reshape(out_shape), reduction, denom)
