@@ -15,11 +15,9 @@ Implementations (all with eps = 0.1, 'uniform' convention, mean reduction):
               (1-eps)*nll_loss(lp, t) + eps*(-lp.sum(-1)).mean()/K
     softmax   the floor: one out-of-place torch.softmax(x, 1), no autograd
 
-    lsmooth-general    lsmooth without its plain-case early exit: every call through the general
-                       path's checks and normalisation (which then takes the same host shortcuts)
     lsmooth-no-fused   lsmooth without lsmooth/fused.py (its reduced native form on the host)
     lsmooth-rows       lsmooth without its reduced forms: per-row losses, then their mean (the
-                       general path on the host, as for 'none', weights or ignored rows)
+                       route the loss takes on the host for 'none', weights or ignored rows)
     lsmooth-device     lsmooth as it runs off the CPU: no host reads, so no host-decided shortcuts
                        (ignore and -inf masks always computed) and no fused path
     lsmooth-compiled   torch.compile(lsmooth), default inductor backend
@@ -65,7 +63,7 @@ FLOOR = "softmax"
 # mode -> (implementations, the peers among them, the implementation under test)
 MODES = {
     "peers": (IMPLS, PEERS, "lsmooth"),
-    "ablation": (("lsmooth", "lsmooth-general", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"), (), "lsmooth"),
+    "ablation": (("lsmooth", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"), (), "lsmooth"),
     "compiled": (("lsmooth-compiled", "torch-compiled"), ("torch-compiled",), "lsmooth-compiled"),
 }
 ALL = tuple(dict.fromkeys(n for impls, _, _ in MODES.values() for n in impls)) + (FLOOR,)
@@ -110,7 +108,7 @@ def make_impl(name: str):
         from lsmooth.losses import label_smoothing_cross_entropy
 
         return lambda x, t: label_smoothing_cross_entropy(x, t, EPS)
-    if name in ("lsmooth-general", "lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"):
+    if name in ("lsmooth-no-fused", "lsmooth-rows", "lsmooth-device"):
         from lsmooth import losses
 
         def per_row_then_reduced(x, t, a, b, reduction, ignore_index):  # what _host_reduced saves
@@ -118,7 +116,6 @@ def make_impl(name: str):
 
         # the branch is switched off only while the loss runs (forward; backward needs no switch)
         key, off = {
-            "lsmooth-general": ("_SUMMED", ()),  # no reduction qualifies for the early exit
             "lsmooth-no-fused": ("fused_smoothed_nll", None),
             "lsmooth-rows": ("_host_reduced", per_row_then_reduced),
             "lsmooth-device": ("_host_reads_ok", lambda x: False),
@@ -832,10 +829,9 @@ def summary_lines(results, mode="peers") -> list[str]:
     _, peers, subject = MODES[mode]
     if mode == "ablation":
         out = [
-            "| logits | lsmooth | general path only | gain of the early exit | without fused.py "
-            "| gain of the fused path | per-row, then reduced | gain of the reduced form "
-            "| device path (no host reads) | gain of the host-decided shortcuts |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| logits | lsmooth | without fused.py | gain of the fused path | per-row, then reduced "
+            "| gain of the reduced form | device path (no host reads) | gain of the host-decided shortcuts |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
 
         def gain(without, with_):
@@ -843,11 +839,10 @@ def summary_lines(results, mode="peers") -> list[str]:
 
         for res in results:
             by = {r["impl"]: r["ms"] for r in res["rows"]}
-            full, general, no_fused, rows, device = (by.get(n) for n in MODES["ablation"][0])
-            cells = [fmt_ms(v) + " ms" if v else "–" for v in (full, general, no_fused, rows, device)]
-            out.append(f"| {res['label']} {res['dtype']} | {cells[0]} | {cells[1]} | {gain(general, full)} "
-                       f"| {cells[2]} | {gain(no_fused, full)} | {cells[3]} | {gain(rows, no_fused)} "
-                       f"| {cells[4]} | {gain(device, rows)} |")  # fmt: skip
+            full, no_fused, rows, device = (by.get(n) for n in MODES["ablation"][0])
+            cells = [fmt_ms(v) + " ms" if v else "–" for v in (full, no_fused, rows, device)]
+            out.append(f"| {res['label']} {res['dtype']} | {cells[0]} | {cells[1]} | {gain(no_fused, full)} "
+                       f"| {cells[2]} | {gain(rows, no_fused)} | {cells[3]} | {gain(device, rows)} |")  # fmt: skip
         return out
     out = [
         f"| logits | {subject} | fastest peer | ÷ fastest peer | ÷ softmax floor "
@@ -888,10 +883,9 @@ def write_markdown(args, results, header, mem_note, command, date, device, elaps
     if args.mode == "ablation":
         lines += [
             "",
-            "Ablation: lsmooth as shipped, without its plain-case early exit (`lsmooth-general`: every call "
-            "through the general path's checks), without lsmooth/fused.py (`lsmooth-no-fused`: the reduced native "
-            "form), without either reduced form (`lsmooth-rows`: per-row losses, then their mean, as the general "
-            "path computes 'none', weights and ignored rows), and as it runs off the CPU (`lsmooth-device`: no "
+            "Ablation: lsmooth as shipped, without lsmooth/fused.py (`lsmooth-no-fused`: the reduced native "
+            "form), without either reduced form (`lsmooth-rows`: per-row losses, then their mean, as the loss "
+            "computes 'none', weights and ignored rows), and as it runs off the CPU (`lsmooth-device`: no "
             "host reads, so the ignore and -inf masks are always computed), timed interleaved in one run. The gain "
             "of a branch is the time without it over the time with it, minus 1; a branch that gains under 5% at "
             "every shape does not earn its lines.",

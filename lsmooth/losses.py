@@ -49,7 +49,6 @@ __all__ = [
 ]  # fmt: skip
 
 _REDUCTIONS = ("mean", "sum", "none")
-_SUMMED = ("mean", "sum")
 _SPREADS = ("uniform", "others")
 
 
@@ -118,21 +117,14 @@ def _index_target(target: Tensor) -> Tensor:
     return target.long()
 
 
-def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> bool:
-    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than
-    ``ignore_index``); else whether some target may equal ``ignore_index``."""
-    if target.numel() == 0:
-        return False
-    lo, hi = (int(v) for v in torch.aminmax(target))  # one cheap pass decides the common case
-    if 0 <= lo and hi < num_classes:
-        return ignore_index is not None and lo <= ignore_index <= hi
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
     if bad.any():
         where = tuple(bad.nonzero()[0].tolist())
         also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"target has class index {target[where].item()} at position {where}; "
                          f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
-    return True
 
 
 def _check_soft_target(target: Tensor) -> None:
@@ -189,8 +181,8 @@ def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
 
 
 def _some_ignored(t: Tensor, num_classes: int, ignore_index: int) -> bool:
-    """Host only: whether a class index equals ``ignore_index``; one read where that lies outside
-    ``[0, K)`` (as usual), since ``nll_loss`` raises on any other index out of range."""
+    """Host only: whether a class index may equal ``ignore_index``. One read where that lies
+    outside ``[0, K)`` (as usual): any other index out of range makes ``nll_loss`` raise."""
     if not len(t):
         return False
     if ignore_index < 0:
@@ -204,17 +196,12 @@ def _host_reduced(x: Tensor, t: Tensor, a: float, b: float, reduction: str, igno
     """Host only: the summed or averaged loss of class indices without weights or ignored rows,
     reduced as it is computed; None if it is not finite (a ``-inf`` logit: the masked path handles
     it). The fused path where it applies, else ``a·NLL - b·Σ log p`` from three native kernels (at
-    the Pets head the cost is per kernel: per-row losses then their reduction take twice as many).
-    ``nll_loss`` raises on a class index out of range; the ValueError then names it."""
+    the Pets head the cost is per kernel: per-row losses then their reduction take twice as many)."""
     loss = fused_smoothed_nll(x, t, a, b, reduction) if fused_smoothed_nll is not None else None
     if loss is not None:  # None: not worth it here, p_y underflows or a -inf logit
         return loss
     logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
-    try:
-        nll = F.nll_loss(logp, t, ignore_index=ignore_index, reduction=reduction)
-    except IndexError:
-        _check_range(t, x.shape[1], ignore_index)
-        raise
+    nll = F.nll_loss(logp, t, ignore_index=ignore_index, reduction=reduction)
     scale = 1 / max(len(t), 1) if reduction == "mean" else 1
     loss = torch.add(nll * a, logp.sum(), alpha=-b * scale)
     return loss if math.isfinite(loss.item()) else None
@@ -244,23 +231,10 @@ def label_smoothing_cross_entropy(
     is float32 (gradients in the logits' dtype). No N×K target is built for class indices.
     """
     eps = _check_eps(eps)
+    _check_choice("reduction", reduction, _REDUCTIONS)
     # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
     input = input if type(input) is Tensor else input.as_subclass(Tensor)
     target = target if type(target) is Tensor else target.as_subclass(Tensor)
-    # The plain case in as few lines of Python as possible: at the Pets head, in a training step
-    # (cold caches), each costs about as much as a kernel.
-    if (weight is None and reduction in _SUMMED and input.dim() == 2 and target.dtype == torch.int64
-            and target.shape == input.shape[:1] and input.shape[1] > 1 and _host_reads_ok(input)):  # fmt: skip
-        k = input.shape[1]
-        if not _some_ignored(target, k, ignore_index):
-            loss = _host_reduced(input, target, *_coefficients(eps, spread, k), reduction, ignore_index)
-            return _general(input, target, eps, None, reduction, ignore_index, spread, False) if loss is None else loss
-    return _general(input, target, eps, weight, reduction, ignore_index, spread, True)
-
-
-def _general(input, target, eps, weight, reduction, ignore_index, spread, host_ok) -> Tensor:
-    """Everything else: N-d, weights, soft targets, ``'none'``, off the host, ``-inf`` logits."""
-    _check_choice("reduction", reduction, _REDUCTIONS)
     if input.dim() < 2:
         raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
     k = input.shape[1]
@@ -271,15 +245,13 @@ def _general(input, target, eps, weight, reduction, ignore_index, spread, host_o
         if weight.shape != (k,):
             raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
         weight = weight.to(device=input.device, dtype=_compute_dtype(input.dtype))
-    x = _flatten_classes(input)
-    host = host_ok and _host_reads_ok(x)
-
+    x, host = _flatten_classes(input), _host_reads_ok(input)
     out_shape = input.shape[:1] + input.shape[2:]
     if target.is_floating_point() and target.dim() > 1:
         if target.shape != input.shape:
             raise ValueError(f"soft target has shape {tuple(target.shape)}; it must match the logits' shape "
                              f"{tuple(input.shape)}")  # fmt: skip
-        t, keep, denom = _flatten_classes(target).to(_compute_dtype(input.dtype)), None, None
+        t = _flatten_classes(target).to(_compute_dtype(input.dtype))
         if host:
             _check_soft_target(t)
     else:
@@ -288,7 +260,20 @@ def _general(input, target, eps, weight, reduction, ignore_index, spread, host_o
                              f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
         t = _index_target(target)
         t = t if t.dim() == 1 else t.reshape(-1)
-        some_ignored = _check_range(t, k, ignore_index) if host else True
+    try:
+        loss = _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host)
+    except IndexError:  # on the host nll_loss (or weight[t]) refuses a class index out of range: name it
+        if host:
+            _check_range(target, k, ignore_index)
+        raise
+    return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+def _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host) -> Tensor:
+    """The loss of logits (M, K) and targets (M,) or (M, K); ``host``: values may be read."""
+    k, keep, denom = x.shape[1], None, None
+    if not t.is_floating_point():
+        some_ignored = _some_ignored(t, k, ignore_index) if host else True
         if host and not some_ignored and weight is None and reduction != "none":
             loss = _host_reduced(x, t, *_coefficients(eps, spread, k), reduction, ignore_index)
             if loss is not None:
@@ -298,10 +283,9 @@ def _general(input, target, eps, weight, reduction, ignore_index, spread, host_o
         w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
         denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
     rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
-
-    loss = reduce_loss(rows(masked=not host).reshape(out_shape), reduction, denom)
+    loss = reduce_loss(rows(masked=not host), reduction, denom)
     if host and not math.isfinite((loss if loss.dim() == 0 else loss.sum()).item()):  # a -inf logit
-        loss = reduce_loss(rows(masked=True).reshape(out_shape), reduction, denom)
+        loss = reduce_loss(rows(masked=True), reduction, denom)
     return loss
 
 

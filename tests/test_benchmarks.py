@@ -45,10 +45,10 @@ def test_quick_run_writes_summary_and_verdicts(cache, tmp_path):
 
 def test_quick_ablation_run(tmp_path):
     text, rows = quick(tmp_path, "--mode", "ablation", "--shapes", "64x37", "512x1000")
-    assert "mode: ablation" in text and "gain of the early exit" in text
-    assert "gain of the fused path" in text and "gain of the reduced form" in text
-    assert len(rows) == 2 and all(r.count("%") == 4 for r in rows)
-    assert "WRONG" not in text and text.count("| ok (loss") == 2 * 5
+    assert "mode: ablation" in text and "gain of the fused path" in text
+    assert "gain of the reduced form" in text and "gain of the host-decided shortcuts" in text
+    assert len(rows) == 2 and all(r.count("%") == 3 for r in rows)
+    assert "WRONG" not in text and text.count("| ok (loss") == 2 * 4
 
 
 @pytest.mark.slow

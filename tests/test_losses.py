@@ -532,7 +532,7 @@ def test_the_host_read_detector_can_fail():
     x, t = torch.randn(300, 1000), torch.randint(0, 1000, (300,))
     for read in (lambda: label_smoothing_cross_entropy(x, t, 0.1), lambda: torch.ones(2).tolist()):
         with pytest.raises(AssertionError, match="host read"), NoHostReads(), NoToList():
-            read()  # the host path reads the target range; the fused path reads its sums
+            read()  # the host path reads the target's minimum; the fused path reads its sums
 
 
 @pytest.mark.parametrize("k, backend", [(37, "eager"), (32000, "eager"), (37, "aot_eager")])
@@ -782,14 +782,27 @@ def test_ignore_index_anywhere_with_and_without_ignored_rows(ignore_index, shape
 
 @pytest.mark.parametrize("bad", [-1, -100, 5, 300])
 @pytest.mark.parametrize("shape", [(9, 5), (300, 300)], ids=["small", "fused size"])
-def test_bad_class_index_is_named_on_every_host_route(bad, shape):
+@pytest.mark.parametrize(
+    "route", ["plain", "some rows ignored", "weights", "none", "-inf logit", "N-d"]
+)  # fmt: skip
+def test_bad_class_index_is_named_on_every_host_route(bad, shape, route):
+    """On the host nothing checks the range up front: nll_loss (or weight[t]) refuses the index and
+    the loss turns that into a ValueError naming it, on every route the values can take."""
     x, t, _ = make(shape)
-    x.requires_grad_()
-    t[3] = bad if bad < 0 else bad if bad >= shape[1] else shape[1]
+    kw = {"weights": dict(weight=torch.rand(shape[1]).double() + 0.5), "none": dict(reduction="none")}.get(route, {})
+    if route == "-inf logit":
+        x[0, 0] = -INF
+    if route == "N-d":  # (N, K) -> (N/3, K, 3): position (1, 0) of the target is item 3
+        x, t = x.reshape(-1, 3, shape[1]).transpose(1, 2), t.reshape(-1, 3)
+    bad = bad if bad < 0 else bad if bad >= shape[1] else shape[1]
+    t.view(-1)[3] = bad
+    where = r"\(1, 0\)" if route == "N-d" else r"\(3,\)"
     for ignore_index in (-7, 255, 1):  # below 0, above K, inside [0, K): three ways of deciding
-        message = rf"class index {t[3].item()} at position \(3,\).*\(or ignore_index={ignore_index}\)"
+        if route == "some rows ignored":
+            t.view(-1)[::4] = ignore_index
+        message = rf"class index {bad} at position {where}.*\(or ignore_index={ignore_index}\)"
         with pytest.raises(ValueError, match=message):
-            label_smoothing_cross_entropy(x, t, 0.1, ignore_index=ignore_index)
+            label_smoothing_cross_entropy(x.requires_grad_(), t, 0.1, ignore_index=ignore_index, **kw)
 
 
 def test_bad_weight_length_and_bad_reduction_set_later():
