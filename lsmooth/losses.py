@@ -19,13 +19,16 @@ targets is ``a·w_y·l_y + b·Σ_c w_c·l_c`` with ``(a, b) = (1-ε, ε/K)`` for
 1; targets class indices (N, d1, ...) or probabilities with the logits' shape.
 
 Host reads. On the CPU, outside ``torch.compile``, reading a tensor value into Python is free and
-the loss does it: to name a bad target in a ``ValueError``, and to skip masks the values make
-unnecessary (one read says whether a row is ignored, one whether a ``-inf`` logit made the result
-non-finite). Anywhere else (CUDA, meta, compiled) it reads nothing:
-value-dependent choices are made on the device with masks, so nothing waits for the device and the
-loss compiles with ``fullgraph=True``. Bad targets there are left to PyTorch, as in its own loss:
-a class index out of range trips ``nll_loss``'s device-side assert; soft targets that are not
-distributions and BCE targets outside [0, 1] are not checked.
+the loss does it: one read says whether a row is ignored, one whether a ``-inf`` logit made the
+result non-finite (both skip masks), and a bad target is named in a ``ValueError``. Anywhere else
+(CUDA, meta, compiled) it reads nothing: value-dependent choices are made on the device with masks,
+so nothing waits for the device and the loss compiles with ``fullgraph=True``. Bad targets there
+are left to PyTorch, as in its own loss: a class index out of range trips ``nll_loss``'s
+device-side assert; soft targets that are not distributions and BCE targets outside [0, 1] are
+not checked.
+
+Layout: the fastai-shaped classes, ``reduce_loss``, the functional, ``smooth_targets`` and the
+plain reference twin; then the routes the functional takes and the input checks.
 """
 
 from __future__ import annotations
@@ -50,263 +53,6 @@ __all__ = [
 
 _REDUCTIONS = ("mean", "sum", "none")
 _SPREADS = ("uniform", "others")
-
-
-def _host_reads_ok(x: Tensor) -> bool:
-    """Whether reading values of ``x`` into Python is free: on the CPU and not being compiled."""
-    return x.is_cpu and not _is_compiling()
-
-
-def reduce_loss(loss: Tensor, reduction: str = "mean", denom: Tensor | None = None) -> Tensor:
-    """Reduce per-item losses with ``'mean'``, ``'sum'`` or ``'none'`` (fastai's helper).
-
-    ``'mean'`` divides the sum by ``denom`` (PyTorch's ``Σ w_y`` over the rows kept), by default the
-    number of items; an empty batch or a zero ``denom`` gives 0 and zero gradient (not NaN), decided
-    on the device."""
-    _check_choice("reduction", reduction, _REDUCTIONS)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    if denom is None:
-        return total / max(loss.numel(), 1)
-    nonzero = denom != 0
-    return torch.where(nonzero, total / denom.where(nonzero, 1), 0.0)
-
-
-def _check_choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}")
-
-
-def _check_eps(eps, low: float = -math.inf) -> float:
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError(f"eps={eps!r} must be a real number") from None
-    if not (math.isfinite(value) and low <= value <= 1):
-        allowed = "in [0, 1]" if low == 0 else "finite and <= 1 (negative values: negative label smoothing)"
-        raise ValueError(f"eps={eps!r} is not allowed; eps must be {allowed}")
-    return value
-
-
-def _coefficients(eps: float, spread: str, n_classes):
-    """``(a, b)`` with ``q = a·onehot + b`` over the ``n_classes`` possible classes (int or per-row tensor)."""
-    if spread == "uniform":
-        return 1 - eps, eps / n_classes
-    _check_choice("spread", spread, _SPREADS)
-    if isinstance(n_classes, Tensor):
-        b = torch.where(n_classes > 1, eps / (n_classes - 1).clamp_min(1), 0.0)
-    else:
-        b = eps / (n_classes - 1) if n_classes > 1 else 0.0
-    return 1 - eps - b, b
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # 16-bit logits are accumulated in float32: a sum over K = 50,000 log-probabilities overflows fp16.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _index_target(target: Tensor) -> Tensor:
-    if target.dtype == torch.int64:  # the common case first: every op counts at the Pets head
-        return target
-    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-        raise ValueError(f"index targets must have an integer dtype, got {target.dtype}; "
-                         "soft targets must be floating point with the logits' shape")  # fmt: skip
-    return target.long()
-
-
-def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
-    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
-    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
-    if bad.any():
-        where = tuple(bad.nonzero()[0].tolist())
-        also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
-        raise ValueError(f"target has class index {target[where].item()} at position {where}; "
-                         f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
-
-
-def _check_soft_target(target: Tensor) -> None:
-    """Host only: each row must be a distribution, within a tolerance fit for the dtype."""
-    tol = 1e-2 if target.dtype in (torch.float16, torch.bfloat16) else 1e-3
-    sums = target.sum(1, dtype=torch.float32)
-    bad = (target.amin(1) < -tol) | ((sums - 1).abs() > tol)
-    if bad.any():
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
-                         f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}")
-
-
-def smooth_targets(
-    target: Tensor, num_classes: int, eps: float = 0.1, spread: str = "uniform", *, dtype: torch.dtype | None = None
-) -> Tensor:
-    """The dense smoothed targets ``q`` of class indices ``target`` (N, d1, ...): shape
-    (N, num_classes, d1, ...) (class axis 1, like the logits), rows summing to 1, in ``dtype``
-    (default: torch's default float dtype); negative off-target entries if ``eps < 0``.
-    ``label_smoothing_cross_entropy(x, smooth_targets(t, K, eps), eps=0)`` equals
-    ``label_smoothing_cross_entropy(x, t, eps)``."""
-    eps = _check_eps(eps)
-    if num_classes < 2:
-        raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
-    target = _index_target(target)
-    if _host_reads_ok(target):
-        _check_range(target, num_classes)
-    a, b = _coefficients(eps, spread, num_classes)
-    q = torch.full((*target.shape, num_classes), b, dtype=dtype or torch.get_default_dtype(), device=target.device)
-    q.scatter_(-1, target[..., None], a + b)
-    return q.movedim(-1, 1) if q.dim() > 2 else q
-
-
-def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
-    """Per-row loss ``a·T - b·Σ_c w_c·log p_c``, 0 where ``keep`` is False, with the target term
-    ``T = w_y·l_y`` for class indices and ``-Σ_c w_c·q_c·log p_c`` for probabilities. ``masked``
-    leaves classes whose logit is ``-inf`` out of the uniform term (per row, ``K`` is the number of
-    finite logits); without it, such a row comes out non-finite."""
-    logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
-    if target.is_floating_point():
-        wq = target if weight is None else target * weight
-        # masked: an impossible class without target mass costs 0 (not 0·log 0 = NaN)
-        term = -(torch.where(wq != 0, wq * logp, 0) if masked else wq * logp).sum(1)
-    else:
-        term = F.nll_loss(logp, target, weight, ignore_index=ignore_index, reduction="none")
-    n_classes = x.shape[1]
-    if masked:  # where, not nan_to_num: keeps a bool mask, but compiled 1.08-1.58× -> 0.96-1.12× PyTorch's
-        finite = logp != -math.inf
-        n_classes = finite.sum(1, dtype=logp.dtype)
-        logp = torch.where(finite, logp, 0)
-    a, b = _coefficients(eps, spread, n_classes)
-    rows = a * term - b * (logp.sum(1) if weight is None else logp @ weight)
-    return rows if keep is None else rows.where(keep, 0)
-
-
-def _some_ignored(t: Tensor, num_classes: int, ignore_index: int) -> bool:
-    """Host only: whether a class index may equal ``ignore_index``. One read where that lies
-    outside ``[0, K)`` (as usual): any other index out of range makes ``nll_loss`` raise."""
-    if not len(t):
-        return False
-    if ignore_index < 0:
-        return int(t.min()) < 0
-    if ignore_index >= num_classes:
-        return int(t.max()) >= num_classes
-    return bool((t == ignore_index).any())
-
-
-def _host_reduced(x: Tensor, t: Tensor, a: float, b: float, reduction: str, ignore_index: int) -> Tensor | None:
-    """Host only: the summed or averaged loss of class indices without weights or ignored rows,
-    reduced as it is computed; None if it is not finite (a ``-inf`` logit: the masked path handles
-    it). The fused path where it applies, else ``a·NLL - b·Σ log p`` from three native kernels (at
-    the Pets head the cost is per kernel: per-row losses then their reduction take twice as many)."""
-    loss = fused_smoothed_nll(x, t, a, b, reduction) if fused_smoothed_nll is not None else None
-    if loss is not None:  # None: not worth it here, p_y underflows or a -inf logit
-        return loss
-    logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
-    nll = F.nll_loss(logp, t, ignore_index=ignore_index, reduction=reduction)
-    scale = 1 / max(len(t), 1) if reduction == "mean" else 1
-    loss = torch.add(nll * a, logp.sum(), alpha=-b * scale)
-    return loss if math.isfinite(loss.item()) else None
-
-
-def _flatten_classes(x: Tensor) -> Tensor:
-    """(N, K, d1, ...) -> (N·d1·..., K)."""
-    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x
-
-
-def label_smoothing_cross_entropy(
-    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
-    ignore_index: int = -100, spread: str = "uniform",
-) -> Tensor:  # fmt: skip
-    """Label-smoothed cross-entropy; the function behind :class:`LabelSmoothingCrossEntropy`.
-
-    ``input``: logits (N, K) or (N, K, d1, ...), class axis 1; ``target``: class indices
-    (N, d1, ...) of any integer dtype, or probabilities with ``input``'s shape. With
-    ``spread='uniform'``, value and gradient equal ``F.cross_entropy(input, target, weight,
-    ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)`` wherever that is finite:
-    rows whose target is ``ignore_index`` give 0; ``'mean'`` divides by ``Σ w_y`` over the other
-    rows (index targets) or by the number of rows (probabilities, where ``ignore_index`` does not
-    apply). Where PyTorch gives inf or NaN this stays finite: a ``-inf`` logit (an impossible class)
-    is left out of the uniform term, whose mass spreads over the other classes (an impossible
-    *target* still costs inf); ``'mean'`` of an empty or fully ignored batch, or of zero total
-    target weight, is 0 with zero gradient. 16-bit logits are accumulated in float32 and the loss
-    is float32 (gradients in the logits' dtype). No N×K target is built for class indices.
-    """
-    eps = _check_eps(eps)
-    _check_choice("reduction", reduction, _REDUCTIONS)
-    # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
-    input = input if type(input) is Tensor else input.as_subclass(Tensor)
-    target = target if type(target) is Tensor else target.as_subclass(Tensor)
-    if input.dim() < 2:
-        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
-    k = input.shape[1]
-    if k < 2:
-        raise ValueError(f"logits have K={k} classes on axis 1; need K >= 2 "
-                         "(use LabelSmoothingBCEWithLogits for binary)")  # fmt: skip
-    if weight is not None:
-        if weight.shape != (k,):
-            raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
-        weight = weight.to(device=input.device, dtype=_compute_dtype(input.dtype))
-    x, host = _flatten_classes(input), _host_reads_ok(input)
-    out_shape = input.shape[:1] + input.shape[2:]
-    if target.is_floating_point() and target.dim() > 1:
-        if target.shape != input.shape:
-            raise ValueError(f"soft target has shape {tuple(target.shape)}; it must match the logits' shape "
-                             f"{tuple(input.shape)}")  # fmt: skip
-        t = _flatten_classes(target).to(_compute_dtype(input.dtype))
-        if host:
-            _check_soft_target(t)
-    else:
-        if target.shape != out_shape:
-            raise ValueError(f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
-                             f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
-        t = _index_target(target)
-        t = t if t.dim() == 1 else t.reshape(-1)
-    try:
-        loss = _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host)
-    except IndexError:  # on the host nll_loss (or weight[t]) refuses a class index out of range: name it
-        if host:
-            _check_range(target, k, ignore_index)
-        raise
-    return loss.reshape(out_shape) if reduction == "none" else loss
-
-
-def _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host) -> Tensor:
-    """The loss of logits (M, K) and targets (M,) or (M, K); ``host``: values may be read."""
-    k, keep, denom = x.shape[1], None, None
-    if not t.is_floating_point():
-        some_ignored = _some_ignored(t, k, ignore_index) if host else True
-        if host and not some_ignored and weight is None and reduction != "none":
-            loss = _host_reduced(x, t, *_coefficients(eps, spread, k), reduction, ignore_index)
-            if loss is not None:
-                return loss
-            host = False  # a -inf logit: straight to the masked path
-        keep = t != ignore_index if some_ignored else None
-        w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
-        denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
-    rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
-    loss = reduce_loss(rows(masked=not host), reduction, denom)
-    if host and not math.isfinite((loss if loss.dim() == 0 else loss.sum()).item()):  # a -inf logit
-        loss = reduce_loss(rows(masked=True), reduction, denom)
-    return loss
-
-
-def label_smoothing_cross_entropy_reference(
-    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
-    ignore_index: int = -100, spread: str = "uniform",
-) -> Tensor:  # fmt: skip
-    """The plain formula, for testing the fast path: build the dense smoothed target and take
-    ``-Σ_c q_c·w_c·log p_c`` (float64 recommended). Index targets only; no -inf handling."""
-    k = input.shape[1]
-    x = _flatten_classes(input)
-    t = target.reshape(-1).long()
-    keep = t != ignore_index
-    q = smooth_targets(t.where(keep, 0), k, eps, spread, dtype=x.dtype)
-    w = torch.ones(k, dtype=x.dtype) if weight is None else weight.to(x.dtype)
-    rows = -(q * w * torch.log_softmax(x, 1)).sum(1) * keep
-    if reduction == "none":
-        return rows.reshape(target.shape)
-    if reduction == "sum":
-        return rows.sum()
-    return rows.sum() / (w[t.where(keep, 0)] * keep).sum()
 
 
 class LabelSmoothingCrossEntropy(nn.Module):
@@ -427,3 +173,260 @@ class LabelSmoothingBCEWithLogits(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, reduction={self.reduction!r}"
+
+
+def reduce_loss(loss: Tensor, reduction: str = "mean", denom: Tensor | None = None) -> Tensor:
+    """Reduce per-item losses with ``'mean'``, ``'sum'`` or ``'none'`` (fastai's helper).
+
+    ``'mean'`` divides the sum by ``denom`` (PyTorch's ``Σ w_y`` over the rows kept), by default the
+    number of items; an empty batch or a zero ``denom`` gives 0 and zero gradient (not NaN), decided
+    on the device."""
+    _check_choice("reduction", reduction, _REDUCTIONS)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if denom is None:
+        return total / max(loss.numel(), 1)
+    nonzero = denom != 0
+    return torch.where(nonzero, total / denom.where(nonzero, 1), 0.0)
+
+
+def label_smoothing_cross_entropy(
+    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+    ignore_index: int = -100, spread: str = "uniform",
+) -> Tensor:  # fmt: skip
+    """Label-smoothed cross-entropy; the function behind :class:`LabelSmoothingCrossEntropy`.
+
+    ``input``: logits (N, K) or (N, K, d1, ...), class axis 1; ``target``: class indices
+    (N, d1, ...) of any integer dtype, or probabilities with ``input``'s shape. With
+    ``spread='uniform'``, value and gradient equal ``F.cross_entropy(input, target, weight,
+    ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)`` wherever that is finite:
+    rows whose target is ``ignore_index`` give 0; ``'mean'`` divides by ``Σ w_y`` over the other
+    rows (index targets) or by the number of rows (probabilities, where ``ignore_index`` does not
+    apply). Where PyTorch gives inf or NaN this stays finite: a ``-inf`` logit (an impossible class)
+    is left out of the uniform term, whose mass spreads over the other classes (an impossible
+    *target* still costs inf); ``'mean'`` of an empty or fully ignored batch, or of zero total
+    target weight, is 0 with zero gradient. 16-bit logits are accumulated in float32 and the loss
+    is float32 (gradients in the logits' dtype). No N×K target is built for class indices.
+    """
+    eps = _check_eps(eps)
+    _check_choice("reduction", reduction, _REDUCTIONS)
+    # fastai's tensor subclasses (TensorImage, TensorCategory, ...) refuse to mix in some ops
+    input = input if type(input) is Tensor else input.as_subclass(Tensor)
+    target = target if type(target) is Tensor else target.as_subclass(Tensor)
+    if input.dim() < 2:
+        raise ValueError(f"logits must have shape (N, K) or (N, K, d1, ...), got shape {tuple(input.shape)}")
+    k = input.shape[1]
+    if k < 2:
+        raise ValueError(f"logits have K={k} classes on axis 1; need K >= 2 "
+                         "(use LabelSmoothingBCEWithLogits for binary)")  # fmt: skip
+    if weight is not None:
+        if weight.shape != (k,):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; expected ({k},), one weight per class")
+        weight = weight.to(device=input.device, dtype=_compute_dtype(input.dtype))
+    x, host = _flatten_classes(input), _host_reads_ok(input)
+    out_shape = input.shape[:1] + input.shape[2:]
+    if target.is_floating_point() and target.dim() > 1:
+        if target.shape != input.shape:
+            raise ValueError(f"soft target has shape {tuple(target.shape)}; it must match the logits' shape "
+                             f"{tuple(input.shape)}")  # fmt: skip
+        t = _flatten_classes(target).to(_compute_dtype(input.dtype))
+        if host:
+            _check_soft_target(t)
+    else:
+        if target.shape != out_shape:
+            raise ValueError(f"target has shape {tuple(target.shape)}; logits of shape {tuple(input.shape)} need "
+                             f"class indices of shape {tuple(out_shape)} or probabilities of that shape")  # fmt: skip
+        t = _index_target(target)
+        t = t if t.dim() == 1 else t.reshape(-1)
+    try:
+        loss = _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host)
+    except IndexError:  # on the host nll_loss (or weight[t]) refuses a class index out of range: name it
+        if host:
+            _check_range(target, k, ignore_index)
+        raise
+    return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+def _smoothed(x, t, eps, weight, reduction, ignore_index, spread, host) -> Tensor:
+    """The loss of logits (M, K) and targets (M,) or (M, K); ``host``: values may be read."""
+    k, keep, denom = x.shape[1], None, None
+    if not t.is_floating_point():
+        some_ignored = _some_ignored(t, k, ignore_index) if host else True
+        if host and not some_ignored and weight is None and reduction != "none":
+            loss = _host_reduced(x, t, *_coefficients(eps, spread, k), reduction, ignore_index)
+            if loss is not None:
+                return loss
+            host = False  # a -inf logit: straight to the masked path
+        keep = t != ignore_index if some_ignored else None
+        w_y = None if weight is None else weight[t] if keep is None else weight[t.where(keep, 0)] * keep
+        denom = w_y.sum() if w_y is not None else None if keep is None else keep.sum()
+    rows = partial(_rows, x, t, eps, weight, spread, ignore_index, keep)
+    loss = reduce_loss(rows(masked=not host), reduction, denom)
+    if host and not math.isfinite((loss if loss.dim() == 0 else loss.sum()).item()):  # a -inf logit
+        loss = reduce_loss(rows(masked=True), reduction, denom)
+    return loss
+
+
+def smooth_targets(
+    target: Tensor, num_classes: int, eps: float = 0.1, spread: str = "uniform", *, dtype: torch.dtype | None = None
+) -> Tensor:
+    """The dense smoothed targets ``q`` of class indices ``target`` (N, d1, ...): shape
+    (N, num_classes, d1, ...) (class axis 1, like the logits), rows summing to 1, in ``dtype``
+    (default: torch's default float dtype); negative off-target entries if ``eps < 0``.
+    ``label_smoothing_cross_entropy(x, smooth_targets(t, K, eps), eps=0)`` equals
+    ``label_smoothing_cross_entropy(x, t, eps)``."""
+    eps = _check_eps(eps)
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes} is not allowed; need at least 2 classes")
+    target = _index_target(target)
+    if _host_reads_ok(target):
+        _check_range(target, num_classes)
+    a, b = _coefficients(eps, spread, num_classes)
+    q = torch.full((*target.shape, num_classes), b, dtype=dtype or torch.get_default_dtype(), device=target.device)
+    q.scatter_(-1, target[..., None], a + b)
+    return q.movedim(-1, 1) if q.dim() > 2 else q
+
+
+def label_smoothing_cross_entropy_reference(
+    input: Tensor, target: Tensor, eps: float = 0.1, weight: Tensor | None = None, reduction: str = "mean", *,
+    ignore_index: int = -100, spread: str = "uniform",
+) -> Tensor:  # fmt: skip
+    """The plain formula, for testing the fast path: build the dense smoothed target and take
+    ``-Σ_c q_c·w_c·log p_c`` (float64 recommended). Index targets only; no -inf handling."""
+    k = input.shape[1]
+    x = _flatten_classes(input)
+    t = target.reshape(-1).long()
+    keep = t != ignore_index
+    q = smooth_targets(t.where(keep, 0), k, eps, spread, dtype=x.dtype)
+    w = torch.ones(k, dtype=x.dtype) if weight is None else weight.to(x.dtype)
+    rows = -(q * w * torch.log_softmax(x, 1)).sum(1) * keep
+    if reduction == "none":
+        return rows.reshape(target.shape)
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / (w[t.where(keep, 0)] * keep).sum()
+
+
+def _rows(x, target, eps, weight, spread, ignore_index, keep, masked):
+    """Per-row loss ``a·T - b·Σ_c w_c·log p_c``, 0 where ``keep`` is False, with the target term
+    ``T = w_y·l_y`` for class indices and ``-Σ_c w_c·q_c·log p_c`` for probabilities. ``masked``
+    leaves classes whose logit is ``-inf`` out of the uniform term (per row, ``K`` is the number of
+    finite logits); without it, such a row comes out non-finite."""
+    logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
+    if target.is_floating_point():
+        wq = target if weight is None else target * weight
+        # masked: an impossible class without target mass costs 0 (not 0·log 0 = NaN)
+        term = -(torch.where(wq != 0, wq * logp, 0) if masked else wq * logp).sum(1)
+    else:
+        term = F.nll_loss(logp, target, weight, ignore_index=ignore_index, reduction="none")
+    n_classes = x.shape[1]
+    if masked:  # where, not nan_to_num: keeps a bool mask, but compiled 1.08-1.58× -> 0.96-1.12× PyTorch's
+        finite = logp != -math.inf
+        n_classes = finite.sum(1, dtype=logp.dtype)
+        logp = torch.where(finite, logp, 0)
+    a, b = _coefficients(eps, spread, n_classes)
+    rows = a * term - b * (logp.sum(1) if weight is None else logp @ weight)
+    return rows if keep is None else rows.where(keep, 0)
+
+
+def _some_ignored(t: Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Host only: whether a class index may equal ``ignore_index``. One read where that lies
+    outside ``[0, K)`` (as usual): any other index out of range makes ``nll_loss`` raise."""
+    if not len(t):
+        return False
+    if ignore_index < 0:
+        return int(t.min()) < 0
+    if ignore_index >= num_classes:
+        return int(t.max()) >= num_classes
+    return bool((t == ignore_index).any())
+
+
+def _host_reduced(x: Tensor, t: Tensor, a: float, b: float, reduction: str, ignore_index: int) -> Tensor | None:
+    """Host only: the summed or averaged loss of class indices without weights or ignored rows,
+    reduced as it is computed; None if it is not finite (a ``-inf`` logit: the masked path handles
+    it). The fused path where it applies, else ``a·NLL - b·Σ log p`` from three native kernels (at
+    the Pets head the cost is per kernel: per-row losses then their reduction take twice as many)."""
+    loss = fused_smoothed_nll(x, t, a, b, reduction) if fused_smoothed_nll is not None else None
+    if loss is not None:  # None: not worth it here, p_y underflows or a -inf logit
+        return loss
+    logp = torch.log_softmax(x, 1, dtype=_compute_dtype(x.dtype))
+    nll = F.nll_loss(logp, t, ignore_index=ignore_index, reduction=reduction)
+    scale = 1 / max(len(t), 1) if reduction == "mean" else 1
+    loss = torch.add(nll * a, logp.sum(), alpha=-b * scale)
+    return loss if math.isfinite(loss.item()) else None
+
+
+def _flatten_classes(x: Tensor) -> Tensor:
+    """(N, K, d1, ...) -> (N·d1·..., K)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.dim() > 2 else x
+
+
+def _host_reads_ok(x: Tensor) -> bool:
+    """Whether reading values of ``x`` into Python is free: on the CPU and not being compiled."""
+    return x.is_cpu and not _is_compiling()
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # 16-bit logits are accumulated in float32: a sum over K = 50,000 log-probabilities overflows fp16.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _coefficients(eps: float, spread: str, n_classes):
+    """``(a, b)`` with ``q = a·onehot + b`` over the ``n_classes`` possible classes (int or per-row tensor)."""
+    if spread == "uniform":
+        return 1 - eps, eps / n_classes
+    _check_choice("spread", spread, _SPREADS)
+    if isinstance(n_classes, Tensor):
+        b = torch.where(n_classes > 1, eps / (n_classes - 1).clamp_min(1), 0.0)
+    else:
+        b = eps / (n_classes - 1) if n_classes > 1 else 0.0
+    return 1 - eps - b, b
+
+
+def _index_target(target: Tensor) -> Tensor:
+    if target.dtype == torch.int64:  # the common case first: every op counts at the Pets head
+        return target
+    if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+        raise ValueError(f"index targets must have an integer dtype, got {target.dtype}; "
+                         "soft targets must be floating point with the logits' shape")  # fmt: skip
+    return target.long()
+
+
+def _check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; use one of {', '.join(map(repr, allowed))}")
+
+
+def _check_eps(eps, low: float = -math.inf) -> float:
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps={eps!r} must be a real number") from None
+    if not (math.isfinite(value) and low <= value <= 1):
+        allowed = "in [0, 1]" if low == 0 else "finite and <= 1 (negative values: negative label smoothing)"
+        raise ValueError(f"eps={eps!r} is not allowed; eps must be {allowed}")
+    return value
+
+
+def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
+    if bad.any():
+        where = tuple(bad.nonzero()[0].tolist())
+        also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(f"target has class index {target[where].item()} at position {where}; "
+                         f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
+
+
+def _check_soft_target(target: Tensor) -> None:
+    """Host only: each row must be a distribution, within a tolerance fit for the dtype."""
+    tol = 1e-2 if target.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    sums = target.sum(1, dtype=torch.float32)
+    bad = (target.amin(1) < -tol) | ((sums - 1).abs() > tol)
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"soft target row {row} is not a distribution (sum={sums[row].item():.6g}, "
+                         f"min={target[row].min().item():.6g}); each row must be >= 0 and sum to 1 within {tol:g}")
