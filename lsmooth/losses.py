@@ -412,13 +412,14 @@ def _check_eps(eps, low: float = -math.inf) -> float:
 
 
 def _check_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> None:
-    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``)."""
+    """Host only: a ValueError naming a class index outside ``[0, num_classes)`` (other than ``ignore_index``),
+    shown alone where it replaces PyTorch's ``IndexError``."""
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index if ignore_index is not None else True)
     if bad.any():
         where = tuple(bad.nonzero()[0].tolist())
         also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"target has class index {target[where].item()} at position {where}; "
-                         f"class indices must be in [0, {num_classes}){also}")  # fmt: skip
+                         f"class indices must be in [0, {num_classes}){also}") from None  # not PyTorch's IndexError too
 
 
 def _check_soft_target(target: Tensor) -> None:
