@@ -765,7 +765,7 @@ def test_bad_inputs_name_the_value(x, t, message):
 @pytest.mark.parametrize("shape", [(9, 5), (300, 300)], ids=["small", "fused size"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_ignore_index_anywhere_with_and_without_ignored_rows(ignore_index, shape, reduction, path):
-    """The plain case learns whether a row is ignored from one read when ignore_index lies outside
+    """On the host the loss learns whether a row is ignored from one read when ignore_index lies outside
     [0, K), relying on nll_loss to refuse every other index out of range; checked on each side."""
     x, t, _ = make(shape)
     kw = dict(ignore_index=ignore_index, reduction=reduction)
