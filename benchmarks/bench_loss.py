@@ -112,7 +112,7 @@ def make_impl(name: str):
         from lsmooth import losses
 
         def per_row_then_reduced(x, t, a, b, reduction, ignore_index):  # what _host_reduced saves
-            return losses.reduce_loss(losses._rows(x, t, EPS, None, "uniform", -100, None, False), reduction)
+            return losses.reduce_loss(losses._rows(x, t, EPS, None, "uniform", ignore_index, None, False), reduction)
 
         # the branch is switched off only while the loss runs (forward; backward needs no switch)
         key, off = {

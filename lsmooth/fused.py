@@ -24,7 +24,7 @@ MIN_LOGITS = 1 << 16
 def fused_smoothed_nll(x: Tensor, t: Tensor, a: float, b: float, reduction: str) -> Tensor | None:
     """``Σ_rows (a·l_y + b·Σ_c l_c)``, divided by N for ``'mean'``, for class indices ``t`` of
     which none is ignored (the caller checks); None where this path does not apply or pay (then
-    the caller's general path runs): ``'none'``, no gradient wanted, 16-bit logits, fewer than
+    the caller computes it another way): ``'none'``, no gradient wanted, 16-bit logits, fewer than
     ``MIN_LOGITS`` logits, a class index out of range (the caller names it), a row whose ``p_y``
     underflows, a ``-inf`` logit."""
     wanted = reduction != "none" and x.requires_grad and torch.is_grad_enabled()
