@@ -7,8 +7,8 @@ On CUDA, ``torch.cuda.set_sync_debug_mode("error")`` turns every synchronising c
 (``--device meta``, the dry run of ``gpu.sh``) the same paths run on meta tensors, which hold no
 values: any read fails there too.
 
-    python benchmarks/check_sync.py                 # cuda if available, else meta
-    python benchmarks/check_sync.py --device meta
+    python -m benchmarks.check_sync                 # cuda if available, else meta
+    python -m benchmarks.check_sync --device meta
 """
 
 from __future__ import annotations
@@ -19,6 +19,18 @@ import sys
 import torch
 
 from lsmooth import LabelSmoothingBCEWithLogits, LabelSmoothingCrossEntropy, LabelSmoothingCrossEntropyFlat
+from lsmooth.losses import ConfidencePenaltyCrossEntropy
+from lsmooth.online import OnlineLabelSmoothingCrossEntropy
+
+
+class OnlineStep(OnlineLabelSmoothingCrossEntropy):
+    """The online loss as a training step calls it: the loss, then update and next_epoch."""
+
+    def forward(self, input, target):
+        loss = super().forward(input, target)
+        self.update(input, target)
+        self.next_epoch()
+        return loss
 
 
 def cases():
@@ -47,6 +59,10 @@ def cases():
             (f"(8, 32000) bf16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), big.bfloat16(), big_t),
             (f"fp16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x.half(), t),
             (f"BCE {red}", LabelSmoothingBCEWithLogits(0.1, w, red), x, (q > 0.03).float()),
+            (f"unbatched {red}", LabelSmoothingCrossEntropy(0.1, w, red), x[0], t[0]),
+            (f"confidence penalty {red}", ConfidencePenaltyCrossEntropy(0.1, w, red), minus_inf,
+             torch.where(ignored < 0, ignored, t % 30)),
+            (f"online, update, next_epoch {red}", OnlineStep(37, reduction=red), x, t),
         ]
     return out
 

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check: what the loss costs on one CUDA GPU, in about 5 minutes.
 #   1. the sync check: forward + backward of every path under torch.cuda.set_sync_debug_mode("error")
-#   2. the loss table, fp32 / bf16 / fp16 at the benchmark shapes (bench_loss.py on cuda), written to
+#   2. the op counts of one forward + backward on the GPU (they equal the meta counts in
+#      benchmarks/results/op-counts.md), written to benchmarks/results/op-counts-cuda.md
+#   3. the loss table, fp32 / bf16 / fp16 at the benchmark shapes (bench_loss on cuda), written to
 #      benchmarks/results/cuda-<gpu name>.md
-#   3. the digits recipe's images/s with lsmooth against CrossEntropyLossFlat, alternating batch by
-#      batch in one run (bench_recipe.py)
+#   4. the digits lesson's images/s with lsmooth against CrossEntropyLossFlat, alternating batch by
+#      batch in one run (bench_recipe)
 #
 #   bash benchmarks/gpu.sh             # needs a CUDA GPU
-#   bash benchmarks/gpu.sh --dry-run   # the same steps, tiny and quick, on the CPU (the sync check on
-#                                      # meta tensors); writes nothing into the repository
+#   bash benchmarks/gpu.sh --dry-run   # the same steps, tiny and quick, on the CPU (the sync check and
+#                                      # the op counts on meta tensors); writes nothing into the repository
 # PYTHON picks the interpreter (default: python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ py=${PYTHON:-python}
 if [ "${1:-}" = "--dry-run" ]; then
     out=$(mktemp -d)
     sync_args=(--device meta)
+    count_args=(--device meta --out "$out/op-counts.md")
     loss_args=(--device cpu --quick --shapes 64x37 512x1000 --dtypes fp32 bf16 --no-memory --out "$out/loss.md")
     recipe_args=(--epochs 1)
 elif [ $# -gt 0 ]; then
@@ -28,14 +31,17 @@ else
         exit 1
     fi
     sync_args=(--device cuda)
+    count_args=(--device cuda --out benchmarks/results/op-counts-cuda.md)
     loss_args=(--device cuda --budget 3)  # ~3 s of timing per shape and dtype
     recipe_args=()
 fi
 
-echo "== 1/3 sync check"
-"$py" benchmarks/check_sync.py "${sync_args[@]}"
-echo "== 2/3 loss table"
-"$py" benchmarks/bench_loss.py "${loss_args[@]}"
-echo "== 3/3 the digits recipe, lsmooth vs CrossEntropyLossFlat"
-"$py" benchmarks/bench_recipe.py "${recipe_args[@]}"
+echo "== 1/4 sync check"
+"$py" -m benchmarks.check_sync "${sync_args[@]}"
+echo "== 2/4 op counts"
+"$py" -m benchmarks.op_counts "${count_args[@]}"
+echo "== 3/4 loss table"
+"$py" -m benchmarks.bench_loss "${loss_args[@]}"
+echo "== 4/4 the digits lesson, lsmooth vs CrossEntropyLossFlat"
+"$py" -m benchmarks.bench_recipe "${recipe_args[@]}"
 echo "gpu.sh: done"

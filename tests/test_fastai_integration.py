@@ -7,6 +7,7 @@
   ``LabelSmoothingCrossEntropyFlat(0.1, axis=1)``;
 - multi-label: each channel is independently bright or dark, the label set is the bright ones
   (``MultiCategoryBlock``), loss ``LabelSmoothingBCEWithLogits(0.1)``;
+- the single-label problem again with ``ConfidencePenaltyCrossEntropy(0.1)``;
 - tabular: a pandas DataFrame with a categorical and two continuous columns and a categorical
   target (``tabular_learner``, targets of shape (N, 1)), loss ``LabelSmoothingCrossEntropyFlat(0.1)``.
 
@@ -44,6 +45,7 @@ from lsmooth import (
     LabelSmoothingCrossEntropy,
     LabelSmoothingCrossEntropyFlat,
 )
+from lsmooth.losses import ConfidencePenaltyCrossEntropy
 
 COLOURS = ("red", "green", "blue")  # channel order of an RGB image
 SIZE = 16  # image side in pixels
@@ -147,6 +149,10 @@ PROBLEMS = {
     "multi": Problem(
         "multi", make_multi, MultiCategoryBlock, bright_labels, _cnn,
         lambda: LabelSmoothingBCEWithLogits(0.1), _multi_accuracy,
+    ),
+    "penalty": Problem(
+        "penalty", make_single, CategoryBlock, colour_label, _cnn,
+        lambda: ConfidencePenaltyCrossEntropy(0.1), _accuracy,
     ),
 }  # fmt: skip
 
@@ -270,7 +276,7 @@ def test_export_load_learner_round_trip(trained, tmp_path):
     loaded = load_learner(path)
     assert type(loaded.loss_func) is type(learn.loss_func)
     assert vars(loaded.loss_func).keys() == vars(learn.loss_func).keys()
-    for key in ("eps", "reduction", "ignore_index", "spread", "axis", "thresh"):
+    for key in ("eps", "beta", "reduction", "ignore_index", "spread", "axis", "thresh"):
         assert getattr(loaded.loss_func, key, None) == getattr(learn.loss_func, key, None)
     items = _valid_items(learn, 8)
     want, _ = learn.get_preds(dl=learn.dls.test_dl(items, num_workers=0))
@@ -398,7 +404,7 @@ def _short_fit_with(cb, problem: str) -> list:
     return calls
 
 
-@pytest.mark.parametrize("problem", ["single", "multi"])
+@pytest.mark.parametrize("problem", ["single", "multi", "penalty"])
 @pytest.mark.parametrize("cb", [MixUp, CutMix], ids=["MixUp", "CutMix"])
 def test_mixup_and_cutmix_run(cb, problem):
     _short_fit_with(cb(), problem)

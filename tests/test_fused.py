@@ -4,6 +4,8 @@ Its values and gradients are compared with PyTorch and the reference twin in tes
 where every comparison also runs with the fused path forced on small inputs (the "fused" path).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -18,6 +20,15 @@ def test_the_shapes_below_take_the_fused_path():
     assert fused.fused_smoothed_nll(x, t, 0.9, 0.1 / 1000, "mean") is not None
     x = x.detach()[:, :10].requires_grad_()  # below the threshold: not worth it
     assert fused.fused_smoothed_nll(x, t % 10, 0.9, 0.01, "mean") is None
+
+
+def test_min_logits_set_to_inf_turns_the_path_off(monkeypatch):
+    """The switch benchmarks/loss_impls.py uses for its ablation row; the loss is unchanged."""
+    x = torch.randn(300, 1000, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 1000, (300,))
+    monkeypatch.setattr(fused, "MIN_LOGITS", math.inf)
+    assert fused.fused_smoothed_nll(x, t, 0.9, 0.1 / 1000, "mean") is None
+    torch.testing.assert_close(label_smoothing_cross_entropy(x, t, 0.1), F.cross_entropy(x, t, label_smoothing=0.1))
 
 
 class LargeOutputs(TorchDispatchMode):

@@ -35,7 +35,11 @@ from lsmooth import (
     reduce_loss,
     smooth_targets,
 )
-from lsmooth.losses import label_smoothing_cross_entropy_reference
+from lsmooth.losses import (
+    ConfidencePenaltyCrossEntropy,
+    confidence_penalty_cross_entropy,
+    label_smoothing_cross_entropy_reference,
+)
 
 INF = math.inf
 
@@ -45,7 +49,7 @@ INF = math.inf
 # forced here on small inputs. Tests that take `path` run on each.
 PATHS = {
     "host": [],
-    "device": [(losses, "_host_reads_ok", lambda x: False)],
+    "device": [(losses, "HOST_READS", False)],
     "fused": [(fused, "MIN_LOGITS", 1)],
 }
 
@@ -135,6 +139,90 @@ def test_float32_matches_torch_at_float32_tolerance(path):
         value_and_grad(label_smoothing_cross_entropy, x, t, 0.1),
         value_and_grad(F.cross_entropy, x, t, label_smoothing=0.1),
     )
+
+
+# --- drop-in parity: unbatched logits, soft targets with ignore_index, torch.func, float64 weights -----
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["w=None", "weighted"])
+@pytest.mark.parametrize("kind", ["index", "soft", "ignored"])
+def test_unbatched_logits_match_torch(kind, reduction, weighted, path):
+    """Logits (K,) with a 0-d class index or (K,) probabilities: value, gradient and shape as
+    F.cross_entropy ('none' included: a 0-d tensor). An ignored index gives 0 ('mean': NaN in torch)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, generator=g, dtype=torch.float64) * 3
+    t = {"index": torch.tensor(4), "soft": torch.softmax(torch.randn(6, generator=g, dtype=torch.float64), 0),
+         "ignored": torch.tensor(-100)}[kind]  # fmt: skip
+    w = torch.rand(6, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    ours = value_and_grad(label_smoothing_cross_entropy, x, t, 0.2, w, reduction)
+    theirs = value_and_grad(F.cross_entropy, x, t, w, reduction=reduction, label_smoothing=0.2)
+    assert ours[0].shape == theirs[0].shape == ()
+    if kind == "ignored" and reduction == "mean":
+        assert theirs[0].isnan() and ours[0] == 0 and not ours[1].any()
+    else:
+        assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, -1, 0, 3, 255])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_soft_targets_refuse_ignore_index_where_torch_does(ignore_index, unbatched):
+    """torch 2.14 refuses ignore_index >= 0 with probability targets and ignores a negative one."""
+    x, _, g = make((5, 4))
+    q = torch.softmax(torch.randn(5, 4, generator=g, dtype=torch.float64), 1)
+    x, q = (x[0], q[0]) if unbatched else (x, q)
+    try:
+        expected = F.cross_entropy(x, q, ignore_index=ignore_index, label_smoothing=0.1)
+    except RuntimeError as error:
+        assert ignore_index >= 0 and "ignore_index is not supported for floating point target" in str(error)
+        with pytest.raises(ValueError, match=rf"ignore_index={ignore_index} applies only to class indices"):
+            label_smoothing_cross_entropy(x, q, 0.1, ignore_index=ignore_index)
+    else:
+        assert ignore_index < 0
+        assert_close(label_smoothing_cross_entropy(x, q, 0.1, ignore_index=ignore_index), expected)
+
+
+@pytest.mark.parametrize("per_sample", ["unbatched", "batch of one"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["w=None", "weighted"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_per_sample_gradients_under_vmap_match_torch(per_sample, weighted, reduction):
+    """vmap(grad(loss)) (differential privacy, influence functions): per-sample gradients equal
+    PyTorch's. Inside torch.func the loss reads no values; a CPU read would fail under vmap."""
+    from torch.func import grad, vmap
+
+    x, t, g = make((8, 5))
+    t[::3] = -100  # ignored samples: zero gradient
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1 if weighted else None
+    lift = (lambda a: a) if per_sample == "unbatched" else (lambda a: a[None])
+
+    def ours(xi, ti):
+        return LabelSmoothingCrossEntropy(0.1, w, reduction)(lift(xi), lift(ti))
+
+    def theirs(xi, ti):
+        return F.cross_entropy(lift(xi), lift(ti), w, reduction=reduction, label_smoothing=0.1)
+
+    expected = vmap(grad(theirs))(x, t)
+    assert_close(vmap(grad(ours))(x, t), expected)
+    assert not expected[::3].any()
+
+
+def test_float64_weights_stay_float64():
+    """Class weights keep the caller's floating dtype (a float32 copy would be off by ~4e-8 relative,
+    hence rtol 1e-12 here); the buffers follow .double()/.float(); integer weights take the default dtype."""
+    x, t, g = make((40, 7))
+    w = torch.rand(7, generator=g, dtype=torch.float64) + 0.1
+    ours = LabelSmoothingCrossEntropy(0.1, w)
+    assert ours.weight.dtype == torch.float64
+    assert_close(value_and_grad(ours, x, t), value_and_grad(F.cross_entropy, x, t, w, label_smoothing=0.1),
+                 rtol=1e-12, atol=1e-12)  # fmt: skip
+    assert LabelSmoothingCrossEntropy(0.1, w.float()).double().weight.dtype == torch.float64
+    assert LabelSmoothingCrossEntropy(0.1, w).float().weight.dtype == torch.float32
+    assert LabelSmoothingCrossEntropy(0.1, [1, 2, 3, 4, 5, 6, 7]).weight.dtype == torch.get_default_dtype()
+    y = torch.randint(0, 2, (40, 7), generator=g).double()
+    bce = LabelSmoothingBCEWithLogits(0.2, w, pos_weight=w * 3)
+    assert bce.weight.dtype == bce.pos_weight.dtype == torch.float64
+    assert_close(bce(x, y), F.binary_cross_entropy_with_logits(x, y * 0.8 + 0.1, w, pos_weight=w * 3),
+                 rtol=1e-12, atol=1e-12)  # fmt: skip
+    assert LabelSmoothingBCEWithLogits(0.2, w.float(), pos_weight=w.float()).double().pos_weight.dtype == torch.float64
 
 
 # --- the reference twin and hypothesis ----------------------------------------------------------
@@ -315,6 +403,15 @@ def test_negative_smoothing_formula(r, path):
     logp = torch.log_softmax(x, 1)
     expected = ((1 - r) * -logp.gather(1, t[:, None]).squeeze(1) + r * -logp.mean(1)).mean()
     assert_close(label_smoothing_cross_entropy(x, t, r), expected)
+
+
+@pytest.mark.parametrize("r", [-0.1, -0.5])
+def test_torch_silently_computes_plain_cross_entropy_for_negative_smoothing(r):
+    """torch 2.14 accepts label_smoothing < 0 without a word and returns the eps = 0 value exactly
+    (docs/losses.md); lsmooth computes negative label smoothing (the test above)."""
+    x, t, _ = make((13, 6))
+    assert torch.equal(F.cross_entropy(x, t, label_smoothing=r), F.cross_entropy(x, t))
+    assert not torch.isclose(label_smoothing_cross_entropy(x, t, r), F.cross_entropy(x, t), rtol=1e-3)
 
 
 def test_eps_zero_is_cross_entropy(path):
@@ -501,6 +598,10 @@ def device_cases():
             (f"bf16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), big.bfloat16(), big_t),
             (f"fp16 {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x.half(), t),
             (f"BCE {red}", LabelSmoothingBCEWithLogits(0.1, reduction=red), x, (q > 0.03).float()),
+            (f"unbatched {red}", LabelSmoothingCrossEntropy(0.1, w, red), x[0], t[0]),
+            (f"unbatched soft {red}", LabelSmoothingCrossEntropy(0.1, reduction=red), x[0], q[0]),
+            (f"penalty {red}", ConfidencePenaltyCrossEntropy(0.1, w, red), minus_inf, t_ign % 30),
+            (f"penalty N-d {red}", ConfidencePenaltyCrossEntropy(0.1, reduction=red, ignore_index=2), seg, seg_t),
         ]
     return cases
 
@@ -522,7 +623,7 @@ def test_no_host_reads_where_they_are_not_free(name, loss_fn, x, t, monkeypatch)
     """On CPU tensors with the host predicate forced false (the CUDA case), forward and backward
     read no value into Python, and the values equal the host path's."""
     expected = value_and_grad(loss_fn, x, t)
-    monkeypatch.setattr(losses, "_host_reads_ok", lambda x: False)
+    monkeypatch.setattr(losses, "HOST_READS", False)
     with NoHostReads(), NoToList():
         got = value_and_grad(loss_fn, x, t)
     assert_close(got, expected, equal_nan=True)
@@ -533,6 +634,42 @@ def test_the_host_read_detector_can_fail():
     for read in (lambda: label_smoothing_cross_entropy(x, t, 0.1), lambda: torch.ones(2).tolist()):
         with pytest.raises(AssertionError, match="host read"), NoHostReads(), NoToList():
             read()  # the host path reads the target's minimum; the fused path reads its sums
+
+
+class CountOps(TorchDispatchMode):
+    """Counts dispatched ops other than views and detach (each one a kernel launch on a GPU) and
+    those with an output of at least ``numel`` elements (each one a pass over N×K memory)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops, self.large = numel, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func.overloadpacket is not torch.ops.aten.detach:
+            self.ops += 1
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            self.large += any(isinstance(o, torch.Tensor) and o.numel() >= self.numel for o in outs)
+        return out
+
+
+@pytest.mark.parametrize("n, k", [(64, 37), (4096, 1000)])
+def test_cost_off_the_cpu(n, k):
+    """Forward + backward of the plain mean loss on meta tensors (the device path: ignore and -inf
+    masks always computed): at most 30 ops and 7 N×K results, against PyTorch's 22 and 4 (pinned
+    too, so that the counter can fail). The -inf mask costs three N×K results: the mask, the masked
+    log-probabilities and their gradient; benchmarks/op_counts.py prints the table."""
+
+    def count(loss_fn):
+        x = torch.randn(n, k, device="meta", requires_grad=True)
+        t = torch.randint(0, k, (n,), device="meta")
+        with CountOps(n * k) as counter:
+            loss_fn(x, t).backward()
+        return counter.ops, counter.large
+
+    ops, large = count(lambda x, t: label_smoothing_cross_entropy(x, t, 0.1))
+    assert ops <= 30 and large <= 7, (ops, large)
+    assert count(lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1)) == (22, 4)
 
 
 @pytest.mark.parametrize("k, backend", [(37, "eager"), (32000, "eager"), (37, "aot_eager")])
@@ -548,6 +685,11 @@ def test_compiles_whole(k, backend):
     x[0, 1] = -INF  # the device path's masks
     assert_close(value_and_grad(torch.compile(flat, fullgraph=True, backend=backend), x, t.clamp(min=2)),
                  value_and_grad(flat, x, t.clamp(min=2)))  # fmt: skip
+    penalty = ConfidencePenaltyCrossEntropy(0.3, torch.rand(k, generator=g) + 0.5)
+    assert_close(value_and_grad(torch.compile(penalty, fullgraph=True, backend=backend), x, t.clamp(min=2)),
+                 value_and_grad(penalty, x, t.clamp(min=2)))  # fmt: skip
+    assert_close(value_and_grad(torch.compile(loss_fn, fullgraph=True, backend=backend), x[1], t[1]),
+                 value_and_grad(loss_fn, x[1], t[1]))  # unbatched  # fmt: skip
 
 
 def test_losses_py_works_copied_alone(tmp_path):
@@ -570,12 +712,144 @@ def test_losses_py_works_copied_alone(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
+# --- the confidence penalty ---------------------------------------------------------------------
+
+def penalty_reference(x, t, beta, weight=None, reduction="mean", ignore_index=-100):
+    """Pereyra et al. 2017 written plainly: per row w_y·(-log p_y - β·H(p)), H(p) = -Σ p_c log p_c;
+    rows with the ignored index give 0; 'mean' divides by Σ w_y over the other rows."""
+    k = x.shape[1]
+    logp = torch.log_softmax(x.movedim(1, -1).reshape(-1, k), 1)
+    flat = t.reshape(-1)
+    keep = flat != ignore_index
+    y = flat.where(keep, 0)
+    w_y = (torch.ones(k, dtype=logp.dtype) if weight is None else weight)[y] * keep
+    nll = -logp.gather(1, y[:, None]).squeeze(1)
+    entropy = -(logp.exp() * logp).sum(1)
+    rows = w_y * (nll - beta * entropy)
+    if reduction == "none":
+        return rows.reshape(t.shape)
+    return rows.sum() if reduction == "sum" else rows.sum() / w_y.sum()
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["w=None", "weighted"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["all", "ignore"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("beta", [0.0, 0.3, 2.0])
+def test_confidence_penalty_matches_plain_reference(shape, reduction, weighted, ignore, dtype, beta):
+    x, t, g = make(shape, dtype=dtype)
+    w = torch.rand(shape[1], generator=g, dtype=dtype) + 0.1 if weighted else None
+    if ignore:
+        t.view(-1)[::3] = 255
+    kw = dict(weight=w, reduction=reduction, ignore_index=255 if ignore else -100)
+    ours = value_and_grad(confidence_penalty_cross_entropy, x, t, beta, **kw)
+    if ignore and reduction == "mean" and t.numel() == 1:  # the only row is ignored: 0 here, NaN in the reference
+        assert ours[0] == 0 and not ours[1].any()
+        return
+    assert_close(ours, value_and_grad(penalty_reference, x, t, beta, **kw))
+    if beta == 0:  # plain cross-entropy, as PyTorch computes it
+        assert_close(ours, value_and_grad(F.cross_entropy, x, t, **kw))
+
+
+def test_confidence_penalty_per_sample_gradients_under_vmap():
+    from torch.func import grad, vmap
+
+    x, t, g = make((6, 5))
+    t[::4] = -100
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    got = vmap(grad(lambda xi, ti: confidence_penalty_cross_entropy(xi, ti, 0.3, w)))(x, t)
+    one_by_one = [value_and_grad(penalty_reference, x[i : i + 1], t[i : i + 1], 0.3, w)[1][0] for i in range(6)]
+    one_by_one = [gi.nan_to_num() for gi in one_by_one]  # an ignored sample alone: NaN in the reference, 0 here
+    assert_close(got, torch.stack(one_by_one))
+
+
+def test_confidence_penalty_hand_computed():
+    # x = [0, 0, ln 2]: p = [1/4, 1/4, 1/2], H = 2·(1/4)·ln 4 + (1/2)·ln 2 = 1.5·ln 2; y = 2: l_y = ln 2.
+    # beta = 0.2: ln 2 - 0.2·1.5·ln 2 = 0.7·ln 2; with w_2 = 2: 1.4·ln 2 summed, 0.7·ln 2 averaged over Σ w_y = 2.
+    x = torch.tensor([[0.0, 0.0, math.log(2)]], dtype=torch.float64)
+    t = torch.tensor([2])
+    w = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    assert_close(confidence_penalty_cross_entropy(x, t, 0.2).item(), 0.7 * math.log(2))
+    assert_close(ConfidencePenaltyCrossEntropy(0.2, w, "sum")(x, t).item(), 1.4 * math.log(2))
+    assert_close(ConfidencePenaltyCrossEntropy(0.2, w)(x, t).item(), 0.7 * math.log(2))
+    assert_close(ConfidencePenaltyCrossEntropy(0.2)(x[0], t[0]).item(), 0.7 * math.log(2))  # unbatched
+
+
+def test_confidence_penalty_leaves_minus_inf_logits_out_of_the_entropy():
+    x, t, _ = make((6, 5))
+    t = t % 3
+    masked = x.clone()
+    masked[:, 3:] = -INF
+    ours = value_and_grad(confidence_penalty_cross_entropy, masked, t, 0.5)
+    theirs = value_and_grad(penalty_reference, x[:, :3], t, 0.5)  # 0·log 0 = 0: as if the classes were absent
+    assert_close(ours[0], theirs[0])
+    assert_close(ours[1][:, :3], theirs[1])
+    assert not ours[1][:, 3:].any()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_confidence_penalty_unbatched_and_empty(reduction):
+    x, t, _ = make((3, 4))
+    ours = value_and_grad(confidence_penalty_cross_entropy, x[1], t[1], 0.3, reduction=reduction)
+    one = value_and_grad(confidence_penalty_cross_entropy, x[1:2], t[1:2], 0.3, reduction=reduction)
+    assert ours[0].shape == () and one[0].shape == ((1,) if reduction == "none" else ())
+    assert_close(ours, (one[0].reshape(()), one[1][0]))
+    for x_, t_ in ((x[:0], t[:0]), (x, torch.full((3,), -100))):  # empty, fully ignored: 0, zero gradient
+        loss, grad = value_and_grad(confidence_penalty_cross_entropy, x_, t_, 0.3)
+        assert loss.item() == 0 and not grad.any()
+
+
+def test_confidence_penalty_half_precision_is_computed_in_float32():
+    x, t, _ = make((8, 300), dtype=torch.float32)
+    loss, grad = value_and_grad(confidence_penalty_cross_entropy, x.bfloat16(), t, 0.1)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert_close(loss, penalty_reference(x.bfloat16().float(), t, 0.1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(beta=-0.1), r"beta=-0.1 is not allowed; beta must be finite and >= 0"),
+        (dict(beta=math.nan), r"beta=nan is not allowed"),
+        (dict(beta=math.inf), r"beta=inf is not allowed"),
+        (dict(beta="high"), r"beta='high' must be a real number"),
+        (dict(reduction="avg"), r"reduction='avg' is not supported"),
+        (dict(weight=torch.ones(2, 2)), r"weight has shape \(2, 2\); expected \(K,\)"),
+    ],
+)
+def test_confidence_penalty_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConfidencePenaltyCrossEntropy(**kwargs)
+
+
+def test_confidence_penalty_bad_targets():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"takes class indices of an integer dtype, got torch.float32"):
+        confidence_penalty_cross_entropy(x, torch.softmax(x, 1))
+    for weight in (None, torch.ones(3)):
+        with pytest.raises(ValueError, match=r"class index 3 at position \(2,\); class indices must be in \[0, 3\)"):
+            confidence_penalty_cross_entropy(x, torch.tensor([0, 1, 3, 0]), weight=weight)
+
+
+def test_docs_name_tests_that_exist():
+    """docs/losses.md pins each behaviour to a test by name: every name it gives is a test in tests/."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    named = set(re.findall(r"`(test_\w+)`", (root / "docs" / "losses.md").read_text()))
+    tests = "".join(p.read_text() for p in (root / "tests").glob("test_*.py"))
+    defined = set(re.findall(r"^def (test_\w+)", tests, re.M))
+    assert named and named <= defined, sorted(named - defined)
+
+
 # --- fastai compatibility -----------------------------------------------------------------------
 
 def test_fastai_attributes_and_class_axis():
     """activation/decodes act on the class axis; fastai's own use the last axis (fastai#3603)."""
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
-    for ours in (LabelSmoothingCrossEntropy(), LabelSmoothingCrossEntropyFlat(axis=1)):
+    for ours in (LabelSmoothingCrossEntropy(), LabelSmoothingCrossEntropyFlat(axis=1), ConfidencePenaltyCrossEntropy()):
         assert ours.y_int is True
         assert_close(ours.activation(x), torch.softmax(x, 1))
         assert torch.equal(ours.decodes(x), x.argmax(1))
@@ -591,12 +865,13 @@ def nondefault_losses():
         "ce": LabelSmoothingCrossEntropy(0.2, w, "sum", ignore_index=1, spread="others"),
         "flat": LabelSmoothingCrossEntropyFlat(0.3, w, "none", axis=1, ignore_index=255, spread="others"),
         "bce": LabelSmoothingBCEWithLogits(0.2, w, "sum", pos_weight=torch.tensor([3.0, 1.0, 0.25]), thresh=0.3),
+        "penalty": ConfidencePenaltyCrossEntropy(0.3, w, "sum", ignore_index=1),
     }
 
 
 def nondefault_inputs(name):
     g = torch.Generator().manual_seed(0)
-    if name == "ce":
+    if name in ("ce", "penalty"):
         return torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
     if name == "flat":
         t = torch.randint(0, 3, (2, 4, 5), generator=g)
@@ -614,12 +889,12 @@ def torch_save_round_trip(obj):
 
 @pytest.mark.parametrize("round_trip", [lambda o: pickle.loads(pickle.dumps(o)), torch_save_round_trip],
                          ids=["pickle", "torch.save"])  # fmt: skip
-@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
+@pytest.mark.parametrize("name", ["ce", "flat", "bce", "penalty"])
 def test_loss_pickles_with_nondefault_settings(name, round_trip):
     lf = nondefault_losses()[name]
     clone = round_trip(lf)
     assert type(clone) is type(lf)
-    for key in ("eps", "reduction", "ignore_index", "spread", "axis", "thresh", "y_int"):
+    for key in ("eps", "beta", "reduction", "ignore_index", "spread", "axis", "thresh", "y_int"):
         assert getattr(clone, key, None) == getattr(lf, key, None), key
     for key in ("weight", "pos_weight"):
         if getattr(lf, key, None) is not None:
@@ -629,7 +904,7 @@ def test_loss_pickles_with_nondefault_settings(name, round_trip):
     assert torch.equal(clone.decodes(clone.activation(x)), lf.decodes(lf.activation(x)))
 
 
-@pytest.mark.parametrize("name", ["ce", "flat", "bce"])
+@pytest.mark.parametrize("name", ["ce", "flat", "bce", "penalty"])
 def test_none_reduce_sets_and_restores_reduction(name):
     """fastai's NoneReduce (MixUp, CutMix, get_preds(with_loss=True)) sets `reduction` for a while."""
     lf = nondefault_losses()[name]
@@ -640,7 +915,8 @@ def test_none_reduce_sets_and_restores_reduction(name):
         assert none_lf is lf and lf.reduction == "none"
         per_item = none_lf(x, t)
     assert lf.reduction == "sum"
-    expected = {"ce": (6,), "flat": (2 * 4 * 5,), "bce": (6, 3)}[name]  # Flat: one loss per flattened item
+    # Flat: one loss per flattened item
+    expected = {"ce": (6,), "flat": (2 * 4 * 5,), "bce": (6, 3), "penalty": (6,)}[name]
     assert per_item.shape == expected
     assert_close(per_item.sum(), total)
     with pytest.raises(RuntimeError), NoneReduce(lf):
@@ -742,7 +1018,12 @@ def test_bad_constructor_arguments(kwargs, message):
             r"class index 3 at position \(2,\); class indices must be in \[0, 3\) \(or ignore_index=-100\)",
         ),
         (torch.randn(4, 3), torch.tensor([0, -1, 2, 0]), r"class index -1"),
-        (torch.randn(4), torch.tensor([0, 1, 1, 0]), r"logits must have shape \(N, K\).*got shape \(4,\)"),
+        (
+            torch.randn(4),
+            torch.tensor([0, 1, 1, 0]),
+            r"target has shape \(4,\); unbatched logits of shape \(4,\) need a 0-d class index or probabilities",
+        ),
+        (torch.tensor(1.0), torch.tensor(0), r"logits must have shape \(K,\), \(N, K\) or .*got a 0-d tensor"),
         (torch.randn(4, 1), torch.zeros(4, dtype=torch.long), r"K=1 classes.*need K >= 2"),
         (
             torch.randn(4, 3),
