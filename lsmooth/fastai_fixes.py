@@ -4,19 +4,15 @@
   a multi-process run on CPUs (gloo; how the multi-process code is tested without a GPU) fails in
   ``DistributedDL._broadcast`` (unconditional ``.cuda()``) and in ``DistributedTrainer._wrap_dl``
   (reads ``model.device``, which a CPU DistributedDataParallel model does not have).
-- :func:`predictions_on_this_rank`: ``Learner.get_preds`` gathers predictions from every rank
-  whenever ``WORLD_SIZE`` > 1, even outside ``distrib_ctx``. Without the fix rank 0, evaluating
-  alone after training, waits forever for the other ranks.
 
 Drop each one once fastai's own code does the same.
 """
 
 from __future__ import annotations
 
-import fastai.torch_core
 import torch
 
-__all__ = ["distributed_dl_on_cpu", "predictions_on_this_rank"]
+__all__ = ["distributed_dl_on_cpu"]
 
 
 def _broadcast_any_backend(self, t, rank):
@@ -44,13 +40,3 @@ def distributed_dl_on_cpu() -> None:
 
     fastai.distributed.DistributedDL._broadcast = _broadcast_any_backend
     fastai.distributed.DistributedTrainer._wrap_dl = _wrap_dl_any_device
-
-
-def predictions_on_this_rank(learn, dl) -> tuple[torch.Tensor, torch.Tensor]:
-    """``learn.get_preds(dl=dl)`` computed by this process alone (no gather across ranks)."""
-    real = fastai.torch_core.num_distrib  # what fastai's maybe_gather asks
-    fastai.torch_core.num_distrib = lambda: 0
-    try:
-        return learn.get_preds(dl=dl)
-    finally:
-        fastai.torch_core.num_distrib = real

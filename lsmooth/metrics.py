@@ -1,4 +1,4 @@
-"""Calibration metrics for classifiers: ECE, NLL, Brier score, temperature scaling, reliability diagrams.
+"""Calibration metrics for classifiers: ECE, NLL, Brier score, temperature scaling, reliability bins.
 
 Plain functions take ``probs`` of shape (N, K) (rows on the probability simplex) and integer
 ``targets`` of shape (N,), accept torch tensors or NumPy arrays, and return Python floats.
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from fastai.metrics import AccumMetric
-    from matplotlib.axes import Axes
 
 __all__ = [
     "ECE",
@@ -34,7 +33,6 @@ __all__ = [
     "ece",
     "fit_temperature",
     "nll",
-    "plot_reliability",
     "reliability_bins",
     "temperature_scaling",
 ]
@@ -322,88 +320,6 @@ def temperature_scaling(probs: ArrayLike, targets: ArrayLike, split_seed: int = 
         "brier_ts": brier(scaled, t),
         "error_rate_ts": float((scaled.argmax(1) != t).double().mean()),
     }
-
-
-def plot_reliability(
-    probs: ArrayLike,
-    targets: ArrayLike,
-    n_bins: int = 15,
-    ax: Axes | None = None,
-    label: str | None = None,
-    *,
-    counts_ax: Axes | None = None,
-    min_count: int = 10,
-) -> Axes:
-    """Draw a reliability diagram (Guo et al. 2017) on ``ax``, the bin counts under it; return ``ax``.
-
-    Top panel: the accuracy of each non-empty confidence bin (see :func:`reliability_bins`) and, in
-    red, its gap to the bin's mean confidence, against the diagonal of perfect calibration (bars
-    below the diagonal: over-confident; above: under-confident). The legend carries the ECE, which
-    weights each gap by its bin's share of samples. Bottom panel (``counts_ax``; carved out of the
-    bottom of ``ax`` when None): the number of samples per bin, on a log scale when the counts span
-    more than two orders of magnitude. Bins with fewer than ``min_count`` samples are drawn hatched
-    and faded: their accuracy is a handful of images, not a finding.
-    For arms side by side pass the axes of one figure, e.g. ``fig, axs = plt.subplots(2, 2,
-    height_ratios=[3, 1])`` and ``plot_reliability(p, y, ax=axs[0, 0], counts_ax=axs[1, 0], label="CE")``.
-
-    Args:
-        probs: (N, K) class probabilities, rows summing to 1.
-        targets: (N,) integer class indices in [0, K).
-        n_bins: number of equal-width bins.
-        ax: matplotlib Axes for the diagram; a new figure with both panels is created when None.
-        label: model name, used as the title and in the legend.
-        counts_ax: Axes for the per-bin counts.
-        min_count: bins holding fewer samples are marked as sparse.
-    """
-    bins = reliability_bins(probs, targets, n_bins)
-    ax, counts_ax = _reliability_axes(ax, counts_ax)
-    left, width = bins.edges[:-1], np.diff(bins.edges)
-    full = bins.counts > 0
-    sparse = full & (bins.counts < min_count)
-    for mask, faded in ((full & ~sparse, False), (sparse, True)):
-        if not mask.any():
-            continue
-        style = {"alpha": 0.35, "hatch": "//"} if faded else {"alpha": 0.8}
-        ax.bar(left[mask], bins.accuracy[mask], width=width[mask], align="edge", color="tab:blue",
-               edgecolor="black", label=f"accuracy, bin with < {min_count} samples" if faded
-               else f"accuracy (ECE {bins.ece:.3f})", **style)
-    for mask, alpha in ((full & ~sparse, 0.3), (sparse, 0.12)):
-        ax.bar(left[mask], bins.confidence[mask] - bins.accuracy[mask], bottom=bins.accuracy[mask], width=width[mask],
-               align="edge", color="tab:red", alpha=alpha, edgecolor="tab:red",
-               label="gap to mean confidence" if alpha == 0.3 else None)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=label or "")
-    ax.tick_params(labelbottom=False)
-    ax.legend(loc="lower right", fontsize="x-small")  # over the bars' feet, which carry no information
-    _plot_counts(counts_ax, bins, min_count)
-    return ax
-
-
-def _reliability_axes(ax: Axes | None, counts_ax: Axes | None) -> tuple[Axes, Axes]:
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        fig = plt.figure(figsize=(4, 5.4))
-        ax, counts_ax = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
-    elif counts_ax is None:
-        from mpl_toolkits.axes_grid1 import make_axes_locatable
-
-        counts_ax = make_axes_locatable(ax).append_axes("bottom", size="33%", pad=0.1, sharex=ax)
-    return ax, counts_ax
-
-
-def _plot_counts(ax: Axes, bins: ReliabilityBins, min_count: int) -> None:
-    left, width = bins.edges[:-1], np.diff(bins.edges)
-    full = bins.counts > 0
-    colors = np.where(bins.counts[full] < min_count, "0.8", "0.5")
-    bars = ax.bar(left[full], bins.counts[full], width=width[full], align="edge", color=colors, edgecolor="black")
-    ax.bar_label(bars, fontsize="x-small")
-    nonzero = bins.counts[full]
-    if nonzero.max() / nonzero.min() > 100:
-        ax.set_yscale("log")
-    ax.axhline(min_count, color="tab:red", linewidth=0.8, linestyle=":")
-    ax.margins(y=0.3)  # room for the count above the tallest bar
-    ax.set(xlim=(0, 1), xlabel="confidence (max probability)", ylabel="samples")
 
 
 def _fastai_metric(func, name: str, **kwargs) -> AccumMetric:

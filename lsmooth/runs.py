@@ -1,7 +1,9 @@
-"""Run folders: one folder per run, files written atomically, the environment recorded.
+"""Run folders: the names of their files, atomic writes, the machine, and reading a run back.
 
-A reader (a sweep, a notebook) never sees a half-written file: every write goes to a temporary
-file in the same folder and is moved into place with ``os.replace``.
+:class:`lsmooth.callbacks.RecordRun` and :class:`lsmooth.resume.ExactResume` write a run folder;
+sweeps, summaries, notebooks and tests read it (:func:`read_run`). A reader never sees a
+half-written file: every write goes to a temporary file in the same folder and is moved into place
+with ``os.replace``.
 """
 
 from __future__ import annotations
@@ -11,22 +13,17 @@ import io
 import json
 import os
 import platform
-import random
-import re
 import subprocess
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
 
 __all__ = [
     "CHECKPOINT_FILE",
     "CONFIG_FILE",
     "ENV_FILE",
     "FINAL_FILE",
+    "INCIDENTAL",
     "METRICS_FILE",
     "PREDS_FILE",
     "atomic_save_torch",
@@ -36,21 +33,25 @@ __all__ = [
     "atomic_write_text",
     "check_writable",
     "environment",
-    "new_run_dir",
-    "rng_state",
-    "set_rng_state",
+    "machine_line",
+    "read_csv_rows",
+    "read_run",
 ]
 
-# The files of a run folder: one name each, shared by the writer (lsmooth.train) and every reader
-# (sweeps, summaries, notebooks, tests).
-CONFIG_FILE = "config.json"  # every setting of the run, resolved
-ENV_FILE = "env.json"  # versions, device, threads, git commit
+# The files of a run folder: one name each, shared by the writers (lsmooth.callbacks, lsmooth.resume)
+# and every reader (sweeps, summaries, notebooks, tests).
+CONFIG_FILE = "config.json"  # every setting of the run, resolved, and the data's sizes
+ENV_FILE = "env.json"  # versions, device, CPU, threads, load, git commit
 METRICS_FILE = "metrics.csv"  # one row per finished epoch
-FINAL_FILE = "final.json"  # final metrics; its presence means the run finished
+FINAL_FILE = "final.json"  # final metrics and temperature scaling; its presence means the run finished
 PREDS_FILE = "valid_preds.pt"  # {"probs": (N, K) float32, "targets": (N,) int64} on the validation set
 # run state after each epoch, naming its model file models/model_<epoch>.pth (learn.load reads that
-# one); both replaced after each epoch and removed when the run finishes (lsmooth.checkpoint)
+# one); both replaced after each epoch and removed when the run finishes (lsmooth.resume)
 CHECKPOINT_FILE = "checkpoint.pth"
+# Settings in config.json that do not change a run's numbers (where it runs, how it prints): a run may
+# resume with other values of these, and runs that differ only in these are comparable. (The data's
+# folder: ExactResume checks that the data itself is the same.)
+INCIDENTAL = frozenset({"out", "name", "data", "threads", "workers", "progress"})
 
 
 _UMASK = os.umask(0)  # read once, at import: os.umask can only be read by setting it
@@ -90,6 +91,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_save_torch(path: str | os.PathLike, obj) -> Path:
     """``torch.save`` that never leaves a half-written file (streams; no copy in memory)."""
+    import torch
+
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -119,20 +122,6 @@ def check_writable(out: str | os.PathLike) -> Path:
     return out
 
 
-def new_run_dir(out: str | os.PathLike, name: str) -> Path:
-    """A fresh folder ``out/<YYYYmmdd-HHMMSS>-<name>`` (``-2``, ``-3``, ... when taken)."""
-    out = check_writable(out)
-    stem = time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", name)
-    for i in range(1, 1000):
-        path = out / (stem if i == 1 else f"{stem}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"too many runs named {stem!r} in {str(out)!r}")
-
-
 def _git_commit() -> str | None:
     try:
         res = subprocess.run(
@@ -146,53 +135,66 @@ def _git_commit() -> str | None:
     return res.stdout.strip() or None
 
 
-def environment(device: torch.device | str | None = None, **extra) -> dict:
-    """Versions, device and threads: what a reader needs to compare two runs' numbers."""
-    import fastai
-    import timm
-    import torchvision
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def environment(device=None) -> dict:
+    """The machine and software behind a run's numbers (env.json, sweep.json): versions, device, CPU
+    model and count, torch threads, load average, git commit. :func:`machine_line` reads it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def installed(package: str) -> str | None:  # without importing it (fastai takes seconds)
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
 
     device = torch.device(device) if device is not None else torch.device("cpu")
-    info = {
+    return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "fastai": fastai.__version__,
-        "timm": timm.__version__,
+        "torchvision": installed("torchvision"),
+        "fastai": installed("fastai"),
+        "timm": installed("timm"),
         "device": str(device),
-        "device_name": (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine()
-        ),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cuda": torch.version.cuda,
-        "torch_threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "git_commit": _git_commit(),
     }
-    info.update(extra)
-    return info
 
 
-def rng_state() -> dict:
-    """Every global random stream a training step draws from: Python, NumPy, torch CPU and CUDA."""
-    return {
-        "python": random.getstate(),
-        "numpy": _plain(np.random.get_state()),  # plain types: loads with torch.load(weights_only=True)
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+def machine_line(env: dict) -> str:
+    """``'AMD EPYC 7B13 (2 CPUs, 1 torch thread, load 0.8), no GPU; torch 2.14.1, fastai 2.8.12'``."""
+    gpu = env.get("device_name") if str(env.get("device", "cpu")).startswith("cuda") else "no GPU"
+    threads = env.get("torch_threads")
+    load = f", load {env['load_avg']:.1f}" if env.get("load_avg") is not None else ""
+    return (f"{env.get('cpu') or env.get('platform')} ({env.get('cpu_count')} CPUs, {threads} torch "
+            f"thread{'s' * (threads != 1)}{load}), {gpu}; torch {env.get('torch')}, fastai {env.get('fastai')}")
 
 
-def _plain(state: tuple) -> tuple:
-    return tuple(x.tolist() if isinstance(x, np.ndarray) else x for x in state)
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned (load the checkpoint with ``map_location="cpu"``)."""
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def read_run(run_dir: str | os.PathLike) -> dict | None:
+    """A finished run's record: ``{"run_dir", "config", "final", "env"}`` from its folder; None if it has
+    not finished (no final.json). What every summary reads."""
+    run_dir = Path(run_dir)
+    if not (run_dir / FINAL_FILE).exists():
+        return None
+    read = lambda name: json.loads((run_dir / name).read_text()) if (run_dir / name).exists() else {}  # noqa: E731
+    return {"run_dir": str(run_dir), "config": read(CONFIG_FILE), "final": read(FINAL_FILE), "env": read(ENV_FILE)}

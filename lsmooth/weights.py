@@ -12,10 +12,6 @@ from contextlib import redirect_stderr
 from pathlib import Path
 from urllib.parse import urlparse
 
-import timm
-import torch
-import torchvision
-
 __all__ = ["WeightsUnavailable", "pretrained_kwargs", "weights_hint"]
 
 
@@ -29,10 +25,14 @@ def _reason(e: Exception) -> str:
 
 def _torch_hub_file(url: str) -> Path:
     """Where ``torch.hub.load_state_dict_from_url`` keeps (and first looks for) ``url``."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 def _timm_hub_id(arch: str) -> str:
+    import timm
+
     pcfg = timm.models.get_pretrained_cfg(arch)
     if pcfg is None or not pcfg.hf_hub_id:
         raise WeightsUnavailable(f"timm has no pretrained weights for {arch!r} on the Hugging Face hub; "
@@ -52,6 +52,9 @@ def _timm_cached(hub_id: str) -> str | None:
 
 def weights_hint(arch: str) -> str:
     """``''`` when the weights of ``arch`` are cached; else a clause saying where they go."""
+    import timm
+    import torchvision
+
     if timm.is_model(arch) and arch not in torchvision.models.list_models(module=torchvision.models):
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -76,6 +79,9 @@ def pretrained_kwargs(arch) -> dict:
     ``arch``: a torchvision model function or a timm name. Cached weights load without touching
     the network; otherwise they are downloaded (progress on stdout).
     """
+    import torch
+    import torchvision
+
     if isinstance(arch, str):  # timm: from the Hugging Face hub cache
         from huggingface_hub import hf_hub_download
         from huggingface_hub.constants import HF_HUB_CACHE

@@ -1,5 +1,5 @@
 """Tests for lsmooth.metrics: hand-computed values, a NumPy reference, calibration properties,
-temperature scaling, the fastai metrics inside a real Learner, plotting and input validation."""
+temperature scaling, the fastai metrics inside a real Learner, parity with torchmetrics, input validation."""
 
 import math
 import pickle
@@ -11,7 +11,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.testing import assert_close
 
 from lsmooth.metrics import (
     ECE,
@@ -22,7 +21,6 @@ from lsmooth.metrics import (
     ece,
     fit_temperature,
     nll,
-    plot_reliability,
     reliability_bins,
     temperature_scaling,
 )
@@ -337,62 +335,49 @@ def test_import_does_not_load_fastai_or_matplotlib():
 
 
 # ---------------------------------------------------------------------------------------------
-# Plotting.
+# Parity with a well-kept library: torchmetrics' CalibrationError (its own tests compare with netcal).
 
 
-def test_plot_reliability_draws_diagram_gaps_and_counts_panel(tmp_path):
-    from matplotlib.figure import Figure
+def test_ece_equals_torchmetrics_on_its_docstring_examples_where_no_confidence_sits_on_an_edge():
+    """torchmetrics bins [lo, hi) and puts confidence 1.0 in the last bin; Guo et al.'s code and lsmooth use
+    (lo, hi]. Its docstring examples have no confidence on an edge of 15 bins, so the two agree exactly."""
+    from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
-    probs, targets = random_problem(400, 4, seed=3)
-    fig = Figure(figsize=(8, 5.6))
-    axs = fig.subplots(2, 2, height_ratios=[3, 1])
-    sharp = probs**2 / (probs**2).sum(1, keepdims=True)
-    assert plot_reliability(probs, targets, ax=axs[0, 0], counts_ax=axs[1, 0], label="baseline") is axs[0, 0]
-    assert plot_reliability(sharp, targets, n_bins=10, ax=axs[0, 1], counts_ax=axs[1, 1], min_count=30) is axs[0, 1]
-    bins = reliability_bins(probs, targets)
-    full = bins.counts > 0
-    # accuracy bars (full bins) + gap bars (full bins); the gap of a bin spans accuracy -> mean confidence
-    assert len(axs[0, 0].patches) == 2 * full.sum()
-    gaps = sorted(axs[0, 0].patches[-int(full.sum()):], key=lambda p: p.get_x())
-    assert_close([p.get_y() + p.get_height() for p in gaps], bins.confidence[full].tolist(), rtol=0, atol=1e-12)
-    assert_close([p.get_y() for p in gaps], bins.accuracy[full].tolist(), rtol=0, atol=1e-12)
-    # the counts panel holds every sample, bin by bin
-    assert [p.get_height() for p in axs[1, 0].patches] == bins.counts[full].tolist()
-    legend = [t.get_text() for t in axs[0, 0].get_legend().get_texts()]
-    assert f"accuracy (ECE {ece(probs, targets):.3f})" in legend and axs[0, 0].get_title() == "baseline"
-    sparse_bins = reliability_bins(sharp, targets, 10)
-    if ((sparse_bins.counts > 0) & (sparse_bins.counts < 30)).any():
-        assert "accuracy, bin with < 30 samples" in [t.get_text() for t in axs[0, 1].get_legend().get_texts()]
-    path = tmp_path / "reliability.png"
-    fig.savefig(path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+    preds = torch.tensor([[0.25, 0.20, 0.55], [0.55, 0.05, 0.40], [0.10, 0.30, 0.60], [0.90, 0.05, 0.05]])
+    target = torch.tensor([0, 1, 2, 0])
+    tm = MulticlassCalibrationError(num_classes=3, n_bins=3, norm="l1")(preds, target)
+    assert tm.item() == pytest.approx(0.2000, abs=1e-4)  # the docstring's value
+    assert ece(preds, target, n_bins=3) == pytest.approx(tm.item(), abs=1e-7)
+    binary = torch.tensor([0.25, 0.25, 0.55, 0.75, 0.75])
+    y = torch.tensor([0, 0, 1, 1, 1])
+    tm = BinaryCalibrationError(n_bins=2, norm="l1")(binary, y)
+    assert tm.item() == pytest.approx(0.2900, abs=1e-4)  # the docstring's value
+    assert ece(torch.stack([1 - binary, binary], 1), y, n_bins=2) == pytest.approx(tm.item(), abs=1e-7)
 
 
-def test_counts_panel_is_log_scaled_when_counts_span_orders_of_magnitude():
-    from matplotlib.figure import Figure
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("n_bins", [10, 15])
+def test_ece_equals_torchmetrics_on_random_predictions(seed, n_bins):
+    from torchmetrics.functional.classification import multiclass_calibration_error
 
-    probs = torch.tensor([[0.99, 0.01]] * 500 + [[0.55, 0.45]] * 2, dtype=torch.float64)
-    targets = torch.zeros(502, dtype=torch.long)
-    fig = Figure()
-    ax = plot_reliability(probs, targets, ax=fig.subplots())  # counts panel carved out of ax
-    counts_ax = [a for a in fig.axes if a is not ax][0]
-    assert counts_ax.get_yscale() == "log" and counts_ax.get_ylabel() == "samples"
-    assert plot_reliability(HAND_PROBS, HAND_TARGETS, n_bins=5, ax=Figure().subplots()).figure.axes[1].get_yscale() \
-        == "linear"
+    probs, targets = (torch.as_tensor(x) for x in random_problem(2000, 10, seed, dtype=np.float32))
+    tm = multiclass_calibration_error(probs, targets, num_classes=10, n_bins=n_bins, norm="l1")
+    assert ece(probs, targets, n_bins) == pytest.approx(tm.item(), abs=1e-6)
 
 
-def test_plot_reliability_creates_figure_when_no_axes(tmp_path):
-    import matplotlib
+def test_the_bin_edge_convention_is_where_lsmooth_and_torchmetrics_differ():
+    """Confidences exactly on an edge: (lo, hi] (Guo et al.'s code, lsmooth) vs [lo, hi) (torchmetrics)."""
+    from torchmetrics.functional.classification import multiclass_calibration_error
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ax = plot_reliability(HAND_PROBS, HAND_TARGETS, n_bins=5)
-    assert len(ax.figure.axes) == 2
-    path = tmp_path / "one.png"
-    ax.figure.savefig(path)
-    plt.close(ax.figure)
-    assert path.stat().st_size > 0
+    probs = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.8, 0.2], [0.8, 0.2]])
+    targets = torch.tensor([0, 1, 0, 0])
+    # 5 bins: lsmooth puts .6 in (.4, .6] and .8 in (.6, .8]; torchmetrics puts them in [.6, .8) and [.8, 1.0)
+    assert ece(probs, targets, n_bins=5) == pytest.approx(0.5 * abs(0.5 - 0.6) + 0.5 * abs(1.0 - 0.8))
+    tm = multiclass_calibration_error(probs, targets, num_classes=2, n_bins=5, norm="l1").item()
+    assert tm == pytest.approx(0.15, abs=1e-6)  # the same two bins here, so the same value
+    three = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.8, 0.2]])
+    assert ece(three, torch.tensor([0, 1, 0]), n_bins=5) != pytest.approx(
+        multiclass_calibration_error(three, torch.tensor([0, 1, 0]), num_classes=2, n_bins=5, norm="l1").item())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +402,7 @@ BAD_DATA = [
 ]
 
 
-@pytest.mark.parametrize("func", [ece, nll, brier, reliability_bins, plot_reliability])
+@pytest.mark.parametrize("func", [ece, nll, brier, reliability_bins])
 @pytest.mark.parametrize("probs,targets,match", BAD_DATA)
 def test_bad_data_raises(func, probs, targets, match):
     with pytest.raises(ValueError, match=match):

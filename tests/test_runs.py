@@ -1,14 +1,12 @@
-"""lsmooth.runs: atomic files, run folders, random streams that survive a weights-only checkpoint."""
+"""lsmooth.runs: atomic files, the machine description, reading a run folder back."""
 
 import json
-import random
 
-import numpy as np
 import pytest
 import torch
 
 from lsmooth import runs
-from lsmooth.runs import atomic_save_torch, atomic_write_json, check_writable, new_run_dir, rng_state, set_rng_state
+from lsmooth.runs import atomic_save_torch, atomic_write_json, check_writable, environment, machine_line, read_run
 
 
 def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -29,19 +27,6 @@ def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch)
     assert json.loads((tmp_path / runs.FINAL_FILE).read_text()) == {"a": 1}
 
 
-def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    atomic_save_torch(tmp_path / "rng.pth", rng_state())
-    draws = (random.random(), np.random.rand(), torch.rand(2))
-    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True))
-    again = (random.random(), np.random.rand(), torch.rand(2))
-    assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
-
-
-def test_new_run_dirs_never_collide(tmp_path):
-    a, b = new_run_dir(tmp_path, "same name/with slash"), new_run_dir(tmp_path, "same name/with slash")
-    assert a != b and a.name.endswith("same_name_with_slash") and b.name.endswith("-2")
-
-
 def test_check_writable_refuses_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
@@ -60,3 +45,21 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "_UMASK", 0o022)  # the usual umask, whatever this process has
     for f in (atomic_write_json(tmp_path / "a.json", {}), atomic_save_torch(tmp_path / "b.pt", {})):
         assert f.stat().st_mode & 0o777 == 0o644
+
+
+def test_environment_and_its_one_line():
+    env = environment()
+    assert {"torch", "fastai", "cpu", "cpu_count", "torch_threads", "load_avg", "device", "git_commit"} <= env.keys()
+    line = machine_line(env | {"cpu": "AMD EPYC 7B13", "cpu_count": 2, "torch_threads": 1, "load_avg": 0.84})
+    assert line.startswith("AMD EPYC 7B13 (2 CPUs, 1 torch thread, load 0.8), no GPU; torch ")
+    gpu = machine_line(env | {"device": "cuda:0", "device_name": "NVIDIA H200", "torch_threads": 2, "load_avg": None})
+    assert "threads)" in gpu and ", NVIDIA H200; torch" in gpu
+
+
+def test_read_run_returns_a_finished_run_only(tmp_path):
+    assert read_run(tmp_path) is None
+    atomic_write_json(tmp_path / runs.CONFIG_FILE, {"eps": 0.1})
+    assert read_run(tmp_path) is None  # started, not finished
+    atomic_write_json(tmp_path / runs.FINAL_FILE, {"error_rate": 0.5})
+    assert read_run(tmp_path) == {"run_dir": str(tmp_path), "config": {"eps": 0.1}, "final": {"error_rate": 0.5},
+                                  "env": {}}
