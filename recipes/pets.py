@@ -1,105 +1,129 @@
-"""Oxford-IIIT Pets, ResNet34, ``fit_one_cycle(4)``: label smoothing vs. plain cross-entropy.
+"""Oxford-IIIT Pets, ResNet34, fit_one_cycle(4): fastai lesson 1, with and without label smoothing.
 
-Reproduces the fastai lesson-1 experiment in fastai v2: labels from file names
-(``^(.+)_\\d+\\.jpg$``), fastai's 80/20 ``RandomSplitter(seed=42)`` over the sorted file list,
-``Resize(460)`` then ``aug_transforms(size=224, min_scale=0.75)``, ImageNet-pretrained torchvision
-ResNet34 with a frozen body, ``fit_one_cycle(4)``, loss ``LabelSmoothingCrossEntropy(eps=0.1)``;
-``--eps 0`` is the baseline with fastai's ``CrossEntropyLossFlat``. The training is
-``lsmooth.train.train``; this file is its command line.
-
-Published, not measured here (ResNet34, 4 epochs, frozen body, no smoothing): error rate 7.1% in
-the fastai course-v3 lesson-1 notebook (5.7-7.3% across its versions), 8.0% in the fastai2 port;
-the seed article reports 7.5% with label smoothing. fastbook: gains from label smoothing usually
-need more epochs.
-
-Offline, ``python recipes/compare.py`` runs this same training function on scikit-learn's digits
-(ResNet18 from scratch, both arms, 3 paired seeds).
-Measured, as recorded in results/compare-digits/summary.json (tests/test_results.py keeps it equal):
-    command: python recipes/compare.py
-    machine: AMD EPYC (2 CPUs, 1 torch thread, load 0.8), no GPU; torch 2.14.1+cu130, fastai 2.8.12
-    6 runs (219 s of run time in all): digits resnet18, 8 epochs, size 16, metrics on the validation set
-    ECE with 15 bins; TS = temperature scaling, 2-fold cross-fitted
-
-    arm      seeds  error rate    NLL              ECE              Brier            ECE after TS
-    -------  -----  ------------  ---------------  ---------------  ---------------  ---------------
-    eps=0    3      1.02 ± 0.32%  0.0445 ± 0.0220  0.0103 ± 0.0031  0.0190 ± 0.0074  0.0102 ± 0.0029
-    eps=0.1  3      0.93 ± 0.43%  0.0942 ± 0.0098  0.0680 ± 0.0028  0.0214 ± 0.0050  0.0068 ± 0.0039
-
-    paired difference per seed, mean [95% t-interval]:
-    arm − baseline   pairs  Δ error rate              Δ ECE
-    ---------------  -----  ------------------------  --------------------------
-    eps=0.1 − eps=0  3      -0.09 pts [-0.49, +0.31]  +0.0577 [+0.0433, +0.0721]
-
-Usage:
-    python recipes/pets.py                    # Pets (~800 MB download + weights), eps=0.1
-    python recipes/pets.py --eps 0            # the fastai baseline
-    python recipes/pets.py --data ~/pets      # a local copy (its images/ folder or the root)
-    python recipes/pets.py --dataset digits --noise 0.4
-    python recipes/pets.py --dry-run          # resolved config + data summary, no training
-    python recipes/pets.py --resume runs/20250101-120000-pets-resnet34-eps0.1-noise0-s42
-
-Every run writes ``<out>/<time>-<name>/``: config.json (every setting, resolved), env.json,
-metrics.csv, final.json, valid_preds.pt. ``--resume RUN_DIR`` finishes a killed run from its last
-epoch with the settings of its config.json (only --threads and --workers may be given again); on
-the same CPU the final metrics equal an uninterrupted run's exactly.
-
-Several GPUs (fastai's ``distrib_ctx``; ``pip install accelerate``): --bs is per process.
-    accelerate launch --multi_gpu --num_processes 4 recipes/pets.py
-    torchrun --nproc_per_node 2 recipes/pets.py --dataset tiny   # 2 CPU processes (gloo), as tested
-Runs are deterministic on CPU; on GPUs some CUDA kernels are not (see lsmooth/train.py).
-
-Why argparse and not fastcore's ``@call_parse``: the flags are built from the fields of
-``lsmooth.train.Config`` (each setting declared once, there), which a function signature would
-repeat; and a bad value must be one line (``pets.py: error: ... (see --help)``), not a usage block.
+Published, not measured here: error 7.1% without smoothing (fastai course-v3 lesson 1), 7.5% with it (seed article).
+Measured here (results/compare-digits/summary.json):
+    (not measured yet)
+Run: python recipes/pets.py [--eps 0] [--dataset digits]; every flag: --help; more in recipes/README.md.
 """
 
-import sys
 import warnings
+from argparse import BooleanOptionalAction
+from typing import Annotated
+from fastcore.script import call_parse
 
-# fastai's import calls torch.jit.script, deprecated in recent torch: a line of noise on stderr.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-
-from lsmooth.cli import USER_ERRORS, Parser, add_config_flags, config_from_args, error_line, given_flags  # noqa: E402
-from lsmooth.runs import CHECKPOINT_FILE  # noqa: E402
-from lsmooth.train import dry_run, resume, train  # noqa: E402
-
-PROG = "pets.py"
-RESUME_FLAGS = {"resume", "threads", "workers"}  # what --resume accepts; the rest comes from config.json
-
-
-def parser() -> Parser:
-    ap = Parser(prog=PROG, description=__doc__.splitlines()[0])
-    add_config_flags(ap)
-    ap.add_argument("--dry-run", action="store_true", help="print config and data summary only")
-    ap.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run from its last epoch")
-    return ap
+# fastai takes 6 s to import: the functions below import it, so that --help and a mistyped flag answer at once.
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script", category=FutureWarning)  # fastai's, at import
+LESSON = dict(arch="resnet34", pretrained=True, epochs=4, lr=3e-3, bs=64, size=224, item_size=460, min_scale=0.75,
+              flip=True)  # fastbook ch. 5; lr: fastai v1's fit_one_cycle default
+PETS_RE = r"^(.+)_\d+\.\w+$"  # great_pyrenees_17.jpg -> great_pyrenees (digits: 7_1234.png -> 7)
 
 
-def main(argv=None) -> int:
-    ap = parser()
-    args = ap.parse_args(argv)
-    try:
-        if args.resume is not None:
-            extra = sorted(given_flags(ap, argv) - RESUME_FLAGS)
-            if extra:
-                flags = ", ".join("--" + f.replace("_", "-") for f in extra)
-                return error_line(PROG, f"--resume takes the settings from {args.resume}/config.json; drop {flags}")
-            resume(args.resume, threads=args.threads, workers=args.workers)
-        elif args.dry_run:
-            dry_run(config_from_args(args))
-        else:
-            train(config_from_args(args))
-    except USER_ERRORS as e:
-        return error_line(PROG, e)
-    except KeyboardInterrupt as e:
-        run_dir = getattr(e, "run_dir", None)
-        if run_dir is not None and (run_dir / CHECKPOINT_FILE).exists():
-            print(f"{PROG}: interrupted; continue with: python recipes/pets.py --resume {run_dir}", file=sys.stderr)
-        else:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+def get_dls(path, size, item_size, min_scale, flip, bs, valid_pct, split_seed, noise, noise_kind, seed, workers):
+    "Lesson 1's data: labels from file names, an 80/20 split of the sorted files, Resize, then aug_transforms."
+    from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, RandomSplitter, RegexLabeller, Resize,
+                                   aug_transforms, get_image_files, using_attr)
+    from lsmooth.data import LabelNoise, SkipUnreadable
+
+    files = get_image_files(path).sorted()  # sorted: the same split on every machine
+    label = using_attr(RegexLabeller(PETS_RE), "name")
+    pets = DataBlock(blocks=(ImageBlock, CategoryBlock),
+                     get_y=LabelNoise(label, noise, noise_kind, seed),  # noise in training labels only
+                     splitter=SkipUnreadable(RandomSplitter(valid_pct, seed=split_seed)),  # Pets has 2 broken JPEGs
+                     item_tfms=Resize(item_size),
+                     batch_tfms=aug_transforms(size=size, min_scale=min_scale, do_flip=flip))
+    return pets.dataloaders(files, bs=bs, num_workers=workers)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def train(dls, loss_func, arch, pretrained, epochs, lr, path, cbs=(), progress=True, **kwargs):
+    "Lesson 1's learner and fit, with lsmooth's calibration metrics; the callbacks `cbs` record the run into `path`."
+    from fastai.vision.all import (Normalize, ProgressCallback, accuracy, error_rate, imagenet_stats, noop,
+                                   vision_learner)
+    from torchvision import models
+    from lsmooth import ECE, NLL, Brier
+    from lsmooth.distributed import distrib_ctx
+
+    learn = vision_learner(dls, getattr(models, arch, arch), pretrained=pretrained, loss_func=loss_func, path=path,
+                           metrics=[error_rate, accuracy, NLL(), ECE(), Brier()], cbs=list(cbs), **kwargs)
+    if not pretrained:  # vision_learner normalises for pretrained weights only
+        learn.dls.add_tfms([Normalize.from_stats(*imagenet_stats)], "after_batch")
+    if not progress:  # a log, not a terminal: no bars (RecordRun(echo=True) prints each epoch's row)
+        learn.remove_cb(ProgressCallback)
+        learn.logger = noop
+    with distrib_ctx(learn):  # several processes (torchrun, accelerate launch): fastai's DDP
+        learn.fit_one_cycle(epochs, lr)
+    return learn
+
+
+def get_loss(smoothing, eps, alpha, beta):
+    "The experiment's variable: the loss, and the callbacks some kinds of smoothing need (recipes/README.md)."
+    from fastai.vision.all import CrossEntropyLossFlat
+    from lsmooth import ConfidencePenaltyCrossEntropy, LabelSmoothingCrossEntropy
+    from lsmooth.callbacks import OnlineLabelSmoothing, SmoothingSchedule, two_stage
+
+    if smoothing == "online":  # its callback puts its own loss in place for the fit
+        return CrossEntropyLossFlat(), [OnlineLabelSmoothing(alpha)]
+    if smoothing == "penalty":
+        return ConfidencePenaltyCrossEntropy(beta), []
+    if eps == 0:  # the baseline: fastai's own cross-entropy
+        return CrossEntropyLossFlat(), []
+    loss = LabelSmoothingCrossEntropy(eps, spread="others" if smoothing == "others" else "uniform")
+    return loss, [SmoothingSchedule(two_stage(eps))] if smoothing == "two-stage" else []
+
+
+# Offline datasets that lsmooth.data writes into data/: small images, from scratch, seconds per epoch, one CPU thread
+# (on the 2-core test machine, 2 threads took 15 s for 2 digits epochs alone and 188 s next to one other process).
+STAND_INS = {
+    "digits": dict(arch="resnet18", pretrained=False, epochs=8, lr=1e-2, size=16, item_size=16, min_scale=1.0,
+                   flip=False, threads=1),  # 8x8 digits: 16 px loses nothing; a flipped 2 is not a 2
+    "tiny": dict(arch="resnet18", pretrained=False, epochs=2, lr=1e-2, bs=32, size=32, item_size=32, threads=1),
+}
+Flag = lambda help: Annotated[bool, help, {"action": BooleanOptionalAction}]  # noqa: E731 - --x / --no-x
+
+
+@call_parse
+def main(
+    eps: float = 0.1,  # label smoothing (uniform, others, two-stage); 0: fastai's plain cross-entropy
+    smoothing: str = "uniform",  # uniform | others | two-stage | online | penalty
+    alpha: float = 0.5,  # online: weight of the hard label (Zhang et al. 2021)
+    beta: float = 0.1,  # penalty: weight of the entropy bonus (Pereyra et al. 2017)
+    dataset: str = "pets",  # pets (download) | digits | tiny (offline stand-ins, generated in data/)
+    data: str = None,  # a local folder in the Pets layout instead of the dataset's own
+    arch: str = None,  # torchvision or timm model (pets: resnet34; stand-ins: resnet18)
+    pretrained: Flag("start from ImageNet weights (pets: yes; stand-ins: no)") = None,
+    epochs: int = None,  # fit_one_cycle epochs (pets: 4; digits: 8; tiny: 2)
+    lr: float = None,  # fit_one_cycle lr_max (pets: 3e-3; stand-ins: 1e-2)
+    bs: int = None,  # batch size, per process (64; tiny: 32)
+    size: int = None,  # aug_transforms size in pixels (pets: 224; digits: 16; tiny: 32)
+    item_size: int = None,  # Resize per item, at least --size (pets: 460; digits: 16; tiny: 32)
+    min_scale: float = None,  # aug_transforms min_scale of the random crop (pets: 0.75; digits: 1)
+    flip: Flag("random horizontal flips (pets: yes; digits: no)") = None,
+    valid_pct: float = 0.2,  # RandomSplitter valid_pct
+    split_seed: int = 42,  # RandomSplitter seed: every seed and arm trains on the same split
+    seed: int = 42,  # training seed: init, batch order, augmentation, label noise
+    noise: float = 0.0,  # fraction of training labels corrupted, in [0, 1)
+    noise_kind: str = "symmetric",  # symmetric: to another class | uniform: redrawn from all classes
+    precision: str = "auto",  # auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16
+    out: str = "runs",  # run folders go into <out>/<time>-<name>
+    name: str = None,  # the run folder is then exactly <out>/<name>; an unfinished run there resumes
+    resume: str = None,  # a run folder to finish with its own settings (--threads, --workers may change)
+    dry_run: bool = False,  # print the settings and the data, train nothing
+    check: bool = False,  # check the settings and stop (compare.py does, before a sweep)
+    threads: int = None,  # torch CPU threads (default: torch's; stand-ins: 1)
+    workers: int = None,  # DataLoader workers (default: 0 on CPU, reproducible; 8 on CUDA)
+    progress: Flag("fastai's progress bars (default: when stdout is a terminal)") = None,
+):
+    "Lesson 1 with or without label smoothing: one run, recorded into its own folder (recipes/README.md)."
+    from lsmooth.cli import Run
+
+    with Run(main, locals(), LESSON, STAND_INS) as run:  # presets filled in, values checked, errors in one line
+        from fastai.torch_core import rank_distrib, set_seed
+        loss_func, cbs = get_loss(run.smoothing, run.eps, run.alpha, run.beta)  # the losses check their values
+        if run.check or run.finished():
+            return print(f"pets.py: settings ok: {run.folder}") if run.check else None
+        set_seed(run.seed, reproducible=True)  # DataLoader shuffling and augmentation draw from it, ...
+        dls = get_dls(run.data_folder(), **run.kwargs_for(get_dls))  # --data, the download, or a stand-in
+        if run.dry_run:
+            return run.describe(dls)
+        set_seed(run.seed + rank_distrib(), reproducible=True)  # ... and the init: RandomSplitter re-seeded torch
+        train(dls, loss_func, **run.kwargs_for(train), path=run.folder, cbs=[*run.callbacks(dls), *cbs],
+              **run.weights())  # pretrained weights from the cache or a download (one line offline)
