@@ -1,320 +1,308 @@
-"""Sweeps of paired runs: the grid, shards, a resumable results file, and the sweep folder.
+"""Sweeps: a grid of recipe runs, one job each, run here one after another, N at a time, or on SLURM.
 
-A sweep is a grid of *arms* (a smoothing ``eps`` and a training-label ``noise`` rate) times
-*seeds*. Every arm of a seed trains on the same split, so arms are compared seed by seed
-(:mod:`lsmooth.report` summarises them).
+A job is a command line of a recipe (``python recipes/pets.py ... --out <sweep>/runs --name <job>``)
+that trains one run into its own folder; the sweep never imports the recipe and never writes a run
+folder itself. A sweep folder holds:
 
-A sweep folder holds ``sweep.json`` (the settings shared by every run, and the commands that ran
-there: a rerun with other settings is refused), ``runs/`` (one run folder per run) and the results
-file: JSON Lines, one finished run per line, appended with a single ``write`` and ``fsync`` as soon
-as the run ends. A sweep killed at any moment therefore loses at most the run in progress; rerunning
-it skips every (eps, noise, seed) already in the folder. ``shard(grid, i, n)`` splits a grid across
-machines (each writes its own ``results-shard<i>of<n>.jsonl``) and :func:`merge` summarises the
-folders they wrote. :func:`run_sweep` does all of it for a training :class:`~lsmooth.train.Config`.
+- ``sweep.json``: the recipe and its shared arguments (a rerun with other ones is refused), and
+  every command that ran there, with its executor and machine;
+- ``runs/<job>/``: the run folders, written by the jobs (:mod:`lsmooth.runs` reads them);
+- ``logs/<job>.log``: each job's output (``slurm/``: submitit's folder, for SLURM jobs).
+
+Running the same command again skips the jobs whose run folder holds ``final.json``; a job that was
+killed or preempted resumes from its last epoch (the recipe's run folder is fixed by ``--name``),
+and a SLURM job still queued or running from an earlier command is waited for, not submitted again.
+
+Executors: ``serial`` (default: one job after another, output on the terminal; nothing to install),
+``local`` (``jobs`` at a time, one GPU each when there are GPUs) and ``slurm`` (a job array through
+submitit: ``pip install -e '.[cluster]'``; preempted or timed-out jobs are requeued and resume).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsmooth.metrics import temperature_scaling
-from lsmooth.report import arm_label, load_preds, write_summary
-from lsmooth.runs import atomic_write_json, atomic_write_text, check_writable, environment
+from lsmooth.runs import FINAL_FILE, atomic_write_json, check_writable, environment
 
-__all__ = [
-    "RESULTS_GLOB",
-    "RUNS_DIR",
-    "SWEEP_FILE",
-    "Job",
-    "SweepError",
-    "append_result",
-    "check_sweep_folder",
-    "grid",
-    "load_results",
-    "merge",
-    "parse_shard",
-    "read_results",
-    "results_file",
-    "run_jobs",
-    "run_key",
-    "run_sweep",
-    "shard",
-]
+__all__ = ["EXECUTORS", "Job", "SlurmOptions", "SweepError", "run_sweep"]
 
-# The files of a sweep folder (run folders inside use the names in lsmooth.runs; summaries the
-# names in lsmooth.report).
-SWEEP_FILE = "sweep.json"  # {"settings": shared settings, "commands": [{"command", "environment"}, ...]}
-RESULTS_GLOB = "results*.jsonl"  # results.jsonl, or results-shard<i>of<n>.jsonl per shard
-RUNS_DIR = "runs"  # one run folder per (eps, noise, seed)
-# Config fields that vary within a sweep or do not change its numbers; every other field of the
-# resolved Config must be equal across a sweep folder (checked against sweep.json).
-PER_RUN = frozenset({"eps", "noise", "seed", "name", "out", "workers", "threads", "progress"})
+EXECUTORS = ("serial", "local", "slurm")
+SWEEP_FILE = "sweep.json"
+RUNS_DIR, LOGS_DIR, SLURM_DIR = "runs", "logs", "slurm"
 
 
 class SweepError(ValueError):
-    """A sweep that cannot run as asked; the message (one line) says what is wrong."""
+    """A sweep that cannot run as asked; the message (one line) says why."""
 
 
-# ---------------------------------------------------------------- the grid
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Job:
-    """One run of the grid; ``key`` identifies it in a results file."""
+    """One run of the grid: its arm, its run folder's name, and ``argv`` for the recipe (the arm's flags and
+    ``--seed``)."""
 
-    noise: float
-    eps: float
-    seed: int
+    arm: str
+    name: str
+    argv: tuple[str, ...]
 
-    @property
-    def key(self) -> str:
-        return run_key(self.eps, self.noise, self.seed)
+    @classmethod
+    def of(cls, arm: str, seed: int, argv: Sequence[str]) -> Job:
+        """The job of ``arm`` (a label) and ``seed``: named like ``eps0.1-noise0.4-s2`` (ASCII, no spaces)."""
+        slug = re.sub(r"[^\w.-]+", "-", arm.replace("α", "alpha").replace("β", "beta").replace("=", ""), flags=re.ASCII)
+        return cls(arm, f"{slug}-s{seed}", (*map(str, argv), "--seed", str(seed)))
 
-    @property
-    def arm(self) -> str:
-        return arm_label(self.eps, self.noise)
-
-
-def run_key(eps: float, noise: float, seed: int) -> str:
-    return f"eps={float(eps):g}|noise={float(noise):g}|seed={int(seed)}"
+    def command(self, recipe: Path, shared: Sequence[str], out: Path) -> list[str]:
+        return [sys.executable, str(recipe), *shared, *self.argv, "--out", str(out / RUNS_DIR), "--name", self.name]
 
 
-def grid(eps: Sequence[float], noise: Sequence[float], seeds: Sequence[int]) -> list[Job]:
-    """Every (noise, eps, seed) once, in a fixed order (duplicates in the inputs dropped).
+@dataclass
+class SlurmOptions:
+    """What ``sbatch`` gets for each job of the array (submitit's ``slurm_*`` parameters)."""
 
-    Seeds vary fastest within an arm, so a partial sweep already has complete arms.
-    """
-    uniq = lambda xs: list(dict.fromkeys(xs))  # noqa: E731
-    return [Job(float(n), float(e), int(s)) for n in uniq(noise) for e in uniq(eps) for s in uniq(seeds)]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``'2/3'`` -> ``(2, 3)``: the second of three shards (1-based); ValueError otherwise."""
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard {text!r}: expected I/N with integers, e.g. 1/2") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise ValueError(f"--shard {text!r}: need 1 <= I <= N")
-    return i, n
-
-
-def shard(jobs: Sequence[Job], i: int, n: int) -> list[Job]:
-    """Shard ``i`` of ``n`` (1-based): every n-th job starting at the (i-1)-th.
-
-    Round-robin over the fixed grid order, so the n shards are disjoint, cover the grid, and each
-    gets a mix of arms and seeds. Deterministic: every machine computes the same partition.
-    """
-    if not (n >= 1 and 1 <= i <= n):
-        raise ValueError(f"shard {i}/{n}: need 1 <= i <= n")
-    return list(jobs[i - 1 :: n])
-
-
-def results_file(out: str | os.PathLike, shard_of: tuple[int, int] | None = None) -> Path:
-    """``out/results.jsonl``, or ``out/results-shard<i>of<n>.jsonl`` for shard i of n."""
-    return Path(out) / ("results.jsonl" if shard_of is None else f"results-shard{shard_of[0]}of{shard_of[1]}.jsonl")
-
-
-# ---------------------------------------------------------------- the results file
-def append_result(path: str | os.PathLike, row: dict) -> None:
-    """Append ``row`` as one JSON line: one ``write`` on an ``O_APPEND`` file, then ``fsync``.
-
-    A previous writer killed mid-line would leave a tail without a newline; it is cut off first,
-    so a whole line is never glued to a broken one.
-    """
-    path = Path(path)
-    line = (json.dumps(row, sort_keys=True, default=str) + "\n").encode()
-    if path.exists() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            atomic_write_text(path, data[: data.rfind(b"\n") + 1].decode())
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_results(path: str | os.PathLike) -> list[dict]:
-    """The rows of one results file; a torn last line (a killed writer) is skipped with a warning."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{n}: unreadable line skipped (an interrupted write?)", stacklevel=2)
-    return rows
-
-
-def _results_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(p.glob(RESULTS_GLOB))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no results file or sweep folder at {str(p)!r}")
-    return files
-
-
-def _first_difference(a: dict, b: dict) -> str | None:
-    return next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
-
-
-def load_results(*paths: str | os.PathLike) -> list[dict]:
-    """Rows from results files and/or sweep folders (every ``results*.jsonl`` in them), merged.
-
-    Each (eps, noise, seed) is kept once (the first seen). Rows must come from the same settings
-    apart from eps, noise and seed; otherwise a ValueError names the first difference. A row's
-    ``run_dir`` that does not exist is looked up relative to its results file's folder, so sweep
-    folders copied from other machines still find their run folders.
-    """
-    rows, seen = [], set()
-    for file in _results_files(paths):
-        for row in read_results(file):
-            rel = file.parent / row.get("run_dir_rel", "")
-            if row.get("run_dir") and not Path(row["run_dir"]).exists() and row.get("run_dir_rel") and rel.exists():
-                row["run_dir"] = str(rel)
-            if row["key"] not in seen:
-                seen.add(row["key"])
-                rows.append(row)
-    for row in rows[1:]:
-        k = _first_difference(rows[0]["settings"], row["settings"])
-        if k is not None:
-            raise ValueError(
-                f"results mix different settings: {k}={rows[0]['settings'].get(k)!r} ({rows[0]['key']}) vs "
-                f"{k}={row['settings'].get(k)!r} ({row['key']}); summarise them separately"
-            )
-    return sorted(rows, key=lambda r: (r["noise"], r["eps"], r["seed"]))
-
-
-def _done_keys(paths: Iterable[str | os.PathLike]) -> set[str]:
-    return {r["key"] for f in _results_files(paths) for r in read_results(f)}
-
-
-def run_jobs(
-    jobs: Sequence[Job],
-    train_one: Callable[[Job], dict],
-    results: str | os.PathLike,
-    settings: dict,
-    done_from: Sequence[str | os.PathLike] = (),
-    log: Callable[[str], None] = print,
-) -> list[dict]:
-    """Train every job not yet in ``results`` (or in the files of ``done_from``); return new rows.
-
-    ``train_one(job)`` trains and returns the run's final metrics (with ``run_dir``). Each row is
-    written with :func:`append_result` the moment its run ends, together with ``settings``
-    (everything shared by the grid) and temperature scaling of the run's validation predictions.
-    """
-    results = Path(results)
-    done = _done_keys([*done_from, *([results] if results.exists() else [])])
-    todo = [j for j in jobs if j.key not in done]
-    log(f"sweep: {len(jobs)} runs in this grid, {len(jobs) - len(todo)} already done, {len(todo)} to run")
-    new = []
-    for k, job in enumerate(todo, 1):
-        log(f"--- run {k}/{len(todo)}: {job.arm} seed={job.seed}")
-        final = train_one(job)
-        run_dir = Path(final["run_dir"])
-        row = {"key": job.key, "eps": job.eps, "noise": job.noise, "seed": job.seed, "settings": settings,
-               **final, "run_dir_rel": os.path.relpath(run_dir, results.parent)}
-        preds = load_preds(run_dir)
-        if preds is not None:
-            row |= temperature_scaling(*preds)
-        append_result(results, row)
-        new.append(row)
-    return new
+    partition: str | None = None
+    gpus: int = 0  # per job
+    cpus: int = 1  # per job
+    mem_gb: int | None = None
+    time_min: int = 60  # per job: a job stopped at its limit is requeued and resumes
+    throttle: int | None = None  # at most this many jobs of the array at once
+    sbatch: dict = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "mylab"}
 
 
 # ---------------------------------------------------------------- the sweep folder
-def check_sweep_folder(out: str | os.PathLike, settings: dict, command: str | None = None,
-                       threads: int | None = None) -> None:
-    """Record ``settings`` in ``out/sweep.json``, or refuse a folder whose sweep.json holds other
-    settings (SweepError naming the first difference). A ``command`` is recorded with this machine
-    and the runs' torch ``threads``."""
-    f = Path(out) / SWEEP_FILE
-    record = json.loads(f.read_text()) if f.exists() else {"settings": settings, "commands": []}
-    k = _first_difference(record["settings"], settings)
-    if k is not None:
-        raise SweepError(f"{out} holds a sweep with {k}={record['settings'].get(k)!r}, not {settings.get(k)!r}; "
-                         f"use another --out (or the same settings to resume)")
-    if command is not None:
-        record["commands"].append({"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-                                   "environment": _machine(threads)})
+def _record(out: Path, recipe: Path, shared: list[str], command: str, executor: str) -> None:
+    """sweep.json: the recipe and shared arguments of the sweep, and this command; SweepError if they differ."""
+    f = out / SWEEP_FILE
+    record = json.loads(f.read_text()) if f.exists() else {"recipe": recipe.name, "args": shared, "commands": []}
+    if (record["recipe"], record["args"]) != (recipe.name, shared):
+        raise SweepError(f"{out} holds a sweep of {record['recipe']} {shlex.join(record['args'])}, not "
+                         f"{recipe.name} {shlex.join(shared)}; use another --out (or the same arguments to resume)")
+    record["commands"].append({"command": command, "executor": executor,
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "environment": environment()})
     atomic_write_json(f, record)
 
 
-def _machine(threads: int | None) -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                if line.startswith("model name")), None)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return environment(device, cpu=cpu, load_avg=load, torch_threads=threads or torch.get_num_threads())
+def _finished(out: Path, job: Job) -> bool:
+    return (out / RUNS_DIR / job.name / FINAL_FILE).exists()
 
 
-def _read_lines(path: str) -> list[str]:
+def check_jobs(jobs: Sequence[Job], recipe: Path, shared: Sequence[str], out: Path) -> None:
+    """The recipe's ``--check`` on one job of each arm, all at once, before any trains: SweepError with the
+    first error (a bad setting fails every job of its arm, so one each is enough)."""
+    first: dict[str, Job] = {}
+    for job in jobs:
+        first.setdefault(job.arm, job)
+    first = list(first.values())
+    procs = [subprocess.Popen([*j.command(recipe, shared, out), "--check"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for j in first]
+    for job, proc in zip(first, procs, strict=True):
+        _, err = proc.communicate()
+        if proc.returncode:
+            lines = err.strip().splitlines()
+            raise SweepError(f"{job.arm}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+
+
+# ---------------------------------------------------------------- progress
+class Progress:
+    """Counts and one line per change: ``[3/6 finished, 2 running, 1 queued] eps0.1-s1 finished``."""
+
+    def __init__(self, total: int, done: int, log: Callable[[str], None]):
+        self.total, self.done, self.failed, self.log = total, done, {}, log
+
+    def line(self, running: int, queued: int, news: str) -> None:
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        self.log(f"[{self.done}/{self.total} finished, {running} running, {queued} queued{failed}] {news}")
+
+
+# ---------------------------------------------------------------- executors
+def _serial(todo, recipe, shared, out, progress, env) -> None:
+    """One job after another in the foreground; each job's output goes to the terminal and to its log."""
+    for k, job in enumerate(todo):
+        progress.line(1, len(todo) - k - 1, f"{job.name} started")
+        log = out / LOGS_DIR / f"{job.name}.log"
+        with log.open("w") as f, subprocess.Popen(job.command(recipe, shared, out), stdout=subprocess.PIPE,
+                                                  stderr=subprocess.STDOUT, text=True, env=env) as proc:
+            with _stopped_with(lambda: [proc]):
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    f.write(line)
+        _settle(job, f"exit code {proc.returncode}", out, log, progress)
+        progress.line(0, len(todo) - k - 1, f"{job.name} {'failed' if job.name in progress.failed else 'finished'}")
+
+
+def _local(todo, recipe, shared, out, progress, env, slots: int) -> None:
+    """``slots`` jobs at a time as child processes, each on its own GPU when there are GPUs."""
+    gpus = _gpu_count()
+    queue, running = list(todo), {}  # slot -> (job, process, log)
+    with _stopped_with(lambda: [proc for _, proc, _ in running.values()]):
+        _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)
+
+
+def _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus) -> None:
+    while queue or running:
+        for slot in [s for s in range(slots) if s not in running][: len(queue)]:
+            job = queue.pop(0)
+            log = out / LOGS_DIR / f"{job.name}.log"
+            child_env = env | ({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})
+            with log.open("w") as f:
+                running[slot] = job, subprocess.Popen(job.command(recipe, shared, out), stdout=f,
+                                                      stderr=subprocess.STDOUT, env=child_env), log
+            progress.line(len(running), len(queue), f"{job.name} started (log: {log})")
+        time.sleep(0.5)
+        for slot, (job, proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                del running[slot]
+                _settle(job, f"exit code {proc.returncode}", out, log, progress)
+                state = "failed" if job.name in progress.failed else "finished"
+                progress.line(len(running), len(queue), f"{job.name} {state}")
+
+
+@contextlib.contextmanager
+def _stopped_with(running: Callable[[], list]):
+    """On Ctrl-C (or SIGINT to this process alone), the ``running()`` jobs get SIGINT too and end their runs
+    cleanly: the last epoch's checkpoint stays. (On a terminal they got it already.)"""
     try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
+        yield
+    except KeyboardInterrupt:
+        for proc in running():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc in running():
+            proc.wait()
+        raise
 
 
-def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike, command: str | None = None,
-          baseline_eps: float = 0.0) -> dict:
-    """Summarise the runs of sweep folders / results files into ``out`` (see report.write_summary).
-
-    The summary records ``command`` and the sweep.json of every source folder (settings, the
-    commands that ran there, their machines). SweepError when there are no runs or they mix settings.
-    """
+def _gpu_count() -> int:
     try:
-        rows = load_results(*sources)
-    except ValueError as e:
-        raise SweepError(str(e)) from None
-    if not rows:
-        raise SweepError(f"no finished runs in {', '.join(map(str, sources))}")
-    sweeps = [json.loads((Path(s) / SWEEP_FILE).read_text()) for s in sources if (Path(s) / SWEEP_FILE).is_file()]
-    return write_summary(rows, out, baseline_eps, provenance={"command": command, "sweeps": sweeps})
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
 
 
-def run_sweep(base, eps: Sequence[float], noise: Sequence[float], seeds: Sequence[int], out: str | os.PathLike,
-              shard_of: tuple[int, int] | None = None, command: str | None = None,
-              log: Callable[[str], None] = print) -> dict:
-    """Train the grid eps × noise × seeds (or its shard ``(i, n)``) of ``base`` into ``out``; summarise.
+def _settle(job: Job, ended: str, out: Path, log: Path, progress: Progress) -> None:
+    """Count a job that ended: finished if its run folder holds final.json, else failed (how, and its log)."""
+    if _finished(out, job):
+        progress.done += 1
+    else:
+        progress.failed[job.name] = f"{ended}; log: {log}"
 
-    ``base`` is a :class:`lsmooth.train.Config`; each run gets its eps, noise and seed, and a run
-    folder under ``out/runs``. Every arm's Config is resolved before anything trains (a bad value
-    raises ConfigError), and ``out`` must be writable and hold no sweep with other settings
-    (SweepError). Runs already in ``out`` are skipped, so rerunning resumes. Returns what
-    :func:`merge` returns for ``out``.
+
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
+class _RecipeJob:
+    """A SLURM job of the array: runs the recipe's command; preempted or timed out, it is requeued and the
+    same command resumes the run from its last epoch (submitit's checkpoint protocol)."""
+
+    def __init__(self, command: list[str], env: dict):
+        self.command, self.env = command, env
+
+    def __call__(self) -> int:
+        # SLURM signals the whole job, the recipe too: only submitit's handler here must act on USR2 (the recipe
+        # would die of it at once, racing the requeue); SIGTERM then ends the recipe, its last checkpoint safe.
+        code = subprocess.run(self.command, env=os.environ | self.env,
+                              preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)).returncode
+        if code:
+            raise RuntimeError(f"{shlex.join(self.command)} ended with exit code {code}")
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> None:
+    """A job array through submitit; jobs of an earlier command still in the queue are waited for, not resubmitted."""
+    try:
+        import submitit
+    except ImportError:
+        raise SweepError("--executor slurm needs submitit: pip install -e '.[cluster]'") from None
+    if shutil.which("sbatch") is None:
+        raise SweepError("--executor slurm needs SLURM's sbatch on the PATH (is this a cluster's login node?)")
+    folder = out / SLURM_DIR
+    ids_file = folder / "jobs.json"
+    ids = json.loads(ids_file.read_text()) if ids_file.exists() else {}
+    jobs, submit = {}, []
+    for job in todo:  # reattach to a job an earlier command submitted, while SLURM still has it
+        earlier = submitit.SlurmJob(folder=folder, job_id=ids[job.name]) if job.name in ids else None
+        if earlier is not None and earlier.state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
+                                                     "RESIZING", "SUSPENDED"):
+            jobs[job.name] = earlier
+        else:
+            submit.append(job)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(
+        timeout_min=options.time_min, cpus_per_task=options.cpus, gpus_per_node=options.gpus, nodes=1,
+        tasks_per_node=1, slurm_partition=options.partition, slurm_array_parallelism=options.throttle or len(submit),
+        **({"mem_gb": options.mem_gb} if options.mem_gb else {}), slurm_additional_parameters=options.sbatch,
+        name="lsmooth")
+    with executor.batch():
+        pending = [(job, executor.submit(_RecipeJob(job.command(recipe, shared, out), env))) for job in submit]
+    jobs |= {job.name: sj for job, sj in pending}
+    atomic_write_json(ids_file, ids | {name: sj.job_id for name, sj in jobs.items()})
+    progress.line(0, len(jobs), f"{len(submit)} submitted as a job array, {len(jobs) - len(submit)} already queued "
+                                f"(logs: {folder})")
+    by_name = {job.name: job for job in todo}
+    while jobs:
+        time.sleep(2)
+        next(iter(jobs.values())).get_info(mode="force")  # one sacct for every job: submitit's own backs off to 10 min
+        states = {name: sj.state for name, sj in jobs.items()}
+        for name, state in states.items():
+            if jobs[name].done() or state.split()[0] in _ENDED:  # done: its result file is written
+                sj = jobs.pop(name)
+                _settle(by_name[name], f"SLURM state {state}", out, Path(sj.paths.stdout), progress)
+                queued = sum(s in ("PENDING", "REQUEUED") for n, s in states.items() if n in jobs)
+                ended = "failed" if name in progress.failed else "finished"
+                progress.line(len(jobs) - queued, queued, f"{name} {ended}")
+
+
+# ---------------------------------------------------------------- the sweep
+def run_sweep(jobs: Sequence[Job], recipe: str | os.PathLike, shared: Sequence[str], out: str | os.PathLike, *,
+              executor: str = "serial", slots: int | None = None, slurm: SlurmOptions | None = None,
+              command: str = "", log: Callable[[str], None] = print) -> dict[str, str]:
+    """Run every job of ``jobs`` not finished yet in ``out`` with ``executor``; the failed jobs, each with why.
+
+    ``recipe``: the script every job runs; ``shared``: its arguments common to every job. Every job's
+    settings are checked (the recipe's ``--check``) before any job trains. ``slots``: the local
+    executor's jobs at a time (default: one per GPU, else 2).
     """
-    from lsmooth.train import resolve, train
-
-    out = Path(out)
-    jobs = grid(eps, noise, seeds)
-    jobs = shard(jobs, *shard_of) if shard_of else jobs
-    base = dataclasses.replace(base, out=str(out / RUNS_DIR), progress=False)
-    resolved = [resolve(dataclasses.replace(base, eps=e, noise=n)) for n in dict.fromkeys(noise)
-                for e in dict.fromkeys(eps)]
+    if executor not in EXECUTORS:
+        raise SweepError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if len({j.name for j in jobs}) != len(jobs):
+        raise SweepError("two jobs of the grid have the same name")
+    recipe, out, shared = Path(recipe), Path(out), list(shared)
     try:
         check_writable(out)
     except OSError as e:
         raise SweepError(f"--out: {e}") from None
-    if jobs:
-        shared = {k: v for k, v in dataclasses.asdict(resolved[0]).items() if k not in PER_RUN}
-        settings = json.loads(json.dumps(shared, default=str))  # as sweep.json and the results file hold them
-        trains = any(j.key not in _done_keys([out]) for j in jobs)  # a rerun with nothing to do is not recorded
-        check_sweep_folder(out, settings, command if trains else None, resolved[0].threads)
-        configs = {j.key: dataclasses.replace(base, eps=j.eps, noise=j.noise, seed=j.seed,
-                                              name=f"eps{j.eps:g}-noise{j.noise:g}-s{j.seed}") for j in jobs}
-        run_jobs(jobs, lambda j: train(configs[j.key]), results_file(out, shard_of), settings, [out], log)
-    return merge([out], out, command)
+    todo = [j for j in jobs if not _finished(out, j)]
+    log(f"sweep: {len(jobs)} runs in {out}, {len(jobs) - len(todo)} finished already, {len(todo)} to run")
+    if not todo:
+        return {}
+    check_jobs(todo, recipe, shared, out)
+    _record(out, recipe, shared, command, executor)
+    (out / LOGS_DIR).mkdir(exist_ok=True)
+    progress = Progress(len(jobs), len(jobs) - len(todo), log)
+    env = dict(os.environ)
+    if executor == "serial":
+        _serial(todo, recipe, shared, out, progress, env)
+    elif executor == "local":
+        _local(todo, recipe, shared, out, progress, env, slots or _gpu_count() or 2)
+    else:
+        _slurm(todo, recipe, shared, out, progress, {}, slurm or SlurmOptions())
+    for name, why in progress.failed.items():
+        log(f"failed: {name}: {why}")
+    return progress.failed

@@ -1,45 +1,21 @@
-"""recipes/compare.py as users run it: a subprocess, one-line errors, merge, resume after SIGKILL,
-Ctrl-C, shards. The library underneath is tested in test_sweep.py and test_report.py; every case
-here pays for importing fastai in a fresh process (seconds), so there are few."""
+"""recipes/compare.py as users run it: the grid as pets.py jobs, one-line errors, the summary, a sweep killed
+and run again, the local executor giving the serial one's numbers. The library: test_sweep.py, test_report.py."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from fake_runs import fake_row
+from conftest import ROOT, one_line, recipe, recipe_env, run_recipe
 from torch.testing import assert_close
 
 from lsmooth.report import SUMMARY_JSON
 from lsmooth.runs import CONFIG_FILE, FINAL_FILE
-from lsmooth.sweep import append_result, read_results
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"PYTHONPATH": str(ROOT)}
 TINY = ["--dataset", "tiny", "--epochs", "1", "--eps", "0", "0.1", "--seeds", "0", "1", "--size", "16"]
-COMPARED = ("error_rate", "nll", "ece", "brier")
-
-
-def compare(*argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "recipes/compare.py", *map(str, argv)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300, **kw)
-
-
-def popen(*argv) -> subprocess.Popen:
-    # SIGINT back to its default: a test run started in the background inherits it ignored, and
-    # Python then installs no KeyboardInterrupt handler
-    return subprocess.Popen([sys.executable, "recipes/compare.py", *map(str, argv)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def one_line_error(res: subprocess.CompletedProcess, message: str) -> None:
-    assert res.returncode == 2 and message in res.stderr, res.stderr
-    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+COMPARED = ("error_rate", "nll", "ece", "brier", "ece_ts")
 
 
 def arms(folder: Path) -> dict:
@@ -47,94 +23,70 @@ def arms(folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--shard", "3/2"], "--shard '3/2'"),  # argparse
-    (["--eps", "0", "1.5"], "--eps 1.5"),  # lsmooth.train.resolve, before anything trains
-    pytest.param(["--seeds", "x"], "invalid int value", marks=pytest.mark.slow),
-    pytest.param(["--dataset", "nope"], "invalid choice", marks=pytest.mark.slow),
-    pytest.param(["--arch", "resnet1"], "did you mean", marks=pytest.mark.slow),
-    pytest.param(["--merge", "/nonexistent/sweep"], "no results file", marks=pytest.mark.slow),
-])
-def test_bad_values_give_one_line_and_no_traceback(argv, message, tmp_path):
-    one_line_error(compare(*argv, "--out", tmp_path / "o"), message)
-    assert not list((tmp_path / "o").glob("results*.jsonl"))
+    (["--name", "x"], "compare.py: error: --name is set for each job by the sweep; drop it"),
+    (["--executor", "cloud"], "compare.py: error: --executor 'cloud': use one of serial, local, slurm"),
+    (["--shard", "1/2"], "unrecognized arguments: --shard 1/2"),  # gone: executors replace shards
+    (["--epochs", "0"], "compare.py: error: eps=0: pets.py: error: --epochs 0: must be an integer >= 1"),
+], ids=["per-job", "executor", "shard", "forwarded"])
+def test_bad_input_is_one_line_before_anything_trains(argv, message, tmp_path):
+    res = run_recipe("compare.py", "--dataset", "tiny", "--out", tmp_path / "o", *argv, cwd=ROOT)
+    assert res.returncode == 1 and message in one_line(res.stderr)
+    assert not (tmp_path / "o" / "runs").exists()
 
 
-def test_merge_command_combines_shards(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for s in (0, 1):
-        append_result(a / "results-shard1of2.jsonl", fake_row(a, 0.0, s, 0.1 * (s + 1)))
-        append_result(b / "results-shard2of2.jsonl", fake_row(b, 0.1, s, 0.1))
-    res = compare("--merge", a, b, "--out", tmp_path / "m")
-    assert res.returncode == 0, res.stderr
-    assert "eps=0.1 − eps=0" in res.stdout and "15.00 ± 7.07%" in res.stdout
-    data = json.loads((tmp_path / "m" / SUMMARY_JSON).read_text())
-    assert data["n_runs"] == 4 and data["provenance"]["command"].startswith("python recipes/compare.py --merge ")
-
-
-# ---------------------------------------------------------------- end to end on `tiny`
-def wait_for_second_run(out: Path, proc: subprocess.Popen, n_runs: int) -> int:
-    """Wait until one run has finished and the next one is training; the number finished."""
-    results, deadline = out / "results.jsonl", time.monotonic() + 180
+def wait_for_second_run(out: Path, proc: subprocess.Popen) -> None:
+    """Until one run has finished and the next is training."""
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        n_done = len(results.read_text().splitlines()) if results.exists() else 0
-        started = [d for d in (out / "runs").glob("*") if (d / CONFIG_FILE).exists()] if (out / "runs").exists() else []
-        if 1 <= n_done < n_runs and len(started) > n_done:
-            return n_done
-        time.sleep(0.02)
-    pytest.fail("the sweep never got to its second run")
+        runs = list((out / "runs").glob("*")) if (out / "runs").exists() else []
+        done = [r for r in runs if (r / FINAL_FILE).exists()]
+        if done and any((r / CONFIG_FILE).exists() and r not in done for r in runs):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the sweep never got to its second run: {proc.communicate()}")
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_sweep(tmp_path):
+def test_a_killed_sweep_run_again_ends_like_one_never_killed_and_local_gives_the_same(tmp_path):
     killed = tmp_path / "killed"
-    proc = popen(*TINY, "--out", killed)
+    proc = subprocess.Popen(recipe("compare.py", *TINY, "--out", killed), cwd=ROOT, env=recipe_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for_second_run(killed, proc, 4)
-        proc.send_signal(signal.SIGKILL)
+        wait_for_second_run(killed, proc)
     finally:
+        import os
+
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the job it runs
         proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    results = killed / "results.jsonl"
-    before = results.read_text().splitlines()
-    assert 1 <= len(before) < 4
-    assert any(not (d / FINAL_FILE).exists() for d in (killed / "runs").iterdir())  # killed mid-run
+    first = {p.parent.name: p.read_text() for p in killed.glob("runs/*/final.json")}
+    assert 1 <= len(first) < 4
 
-    assert compare(*TINY, "--out", killed).returncode == 0  # the same command again: resumes
-    after = results.read_text().splitlines()
-    assert after[: len(before)] == before  # finished runs kept as they were
-    keys = [json.loads(line)["key"] for line in after]
-    assert len(keys) == 4 and len(set(keys)) == 4  # nothing lost, nothing twice
-    again = compare(*TINY, "--out", killed)  # a third time: nothing to run
-    assert "0 to run" in again.stdout and results.read_text().splitlines() == after
-    one_line_error(compare(*TINY, "--lr", "0.5", "--out", killed), "holds a sweep with lr=")
+    again = run_recipe("compare.py", *TINY, "--out", killed, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert f"sweep: 4 runs in {killed}, {len(first)} finished already, {4 - len(first)} to run" in again.stdout
+    assert {n: t for n, t in ((p.parent.name, p.read_text()) for p in killed.glob("runs/*/final.json"))
+            if n in first} == first  # finished runs untouched
+    assert "eps=0.1 − eps=0" in again.stdout and "written to" in again.stdout
+    assert len(json.loads((killed / "sweep.json").read_text())["commands"]) == 2
 
-    clean = tmp_path / "clean"
-    assert compare(*TINY, "--out", clean).returncode == 0
-    got, want = arms(killed), arms(clean)
+    local = tmp_path / "local"
+    res = run_recipe("compare.py", *TINY, "--out", local, "--executor", "local", "--jobs", 2, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    got, want = arms(killed), arms(local)
     assert got.keys() == want.keys() == {"eps=0", "eps=0.1"}
     for arm in want:
         for m in COMPARED:
-            assert_close(got[arm][f"{m}_mean"], want[arm][f"{m}_mean"], rtol=1e-6, atol=1e-9)
+            assert_close(got[arm][f"{m}_mean"], want[arm][f"{m}_mean"], rtol=0, atol=0)
 
 
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume(tmp_path):
-    proc = popen(*TINY, "--out", tmp_path / "s")
-    wait_for_second_run(tmp_path / "s", proc, 4)
+    proc = subprocess.Popen(recipe("compare.py", *TINY, "--out", tmp_path / "s"), cwd=ROOT, env=recipe_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for_second_run(tmp_path / "s", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
-        "compare.py: interrupted; rerun the same command to resume (finished runs are kept)")
-
-
-@pytest.mark.slow
-def test_shards_run_separately_then_merge_equal_the_whole_sweep(tmp_path):
-    for i in (1, 2):
-        assert compare(*TINY, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}").returncode == 0
-    rows = [read_results(f) for f in sorted(tmp_path.glob("s*/results-shard*.jsonl"))]
-    assert [len(r) for r in rows] == [2, 2]
-    assert compare("--merge", tmp_path / "s1", tmp_path / "s2", "--out", tmp_path / "m").returncode == 0
-    merged = arms(tmp_path / "m")
-    assert {a: merged[a]["n_seeds"] for a in merged} == {"eps=0": 2, "eps=0.1": 2}
-    for name in ("error_rate.png", "curves.png", "reliability.png"):
-        assert (tmp_path / "m" / name).stat().st_size > 5000
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "compare.py: interrupted; rerun the same command to resume (finished runs " \
+                                           "are kept)"

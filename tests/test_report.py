@@ -1,184 +1,113 @@
-"""lsmooth/report.py: statistics over seeds and paired differences (against hand values and scipy),
-tables, plots and the summary files, on run folders faked by tests/fake_runs.py."""
+"""lsmooth.report: arms from configs, statistics against hand-computed values and scipy, tables, sentences,
+and a whole summary of a sweep folder (the session's tiny sweep)."""
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from fake_runs import fake_row
-from scipy import stats
-from torch.testing import assert_close
 
-from lsmooth.metrics import ece, temperature_scaling
-from lsmooth.report import (
-    SUMMARY_CSV,
-    SUMMARY_JSON,
-    SUMMARY_MD,
-    describe_arms,
-    describe_confidence,
-    describe_difference,
-    describe_temperature,
-    describe_vs_noise,
-    format_table,
-    load_curves,
-    load_summary,
-    markdown_tables,
-    paired_differences,
-    plot_reliability_arms,
-    pooled_preds,
-    resolved_differences,
-    snippet,
-    summarize,
-    t_interval,
-    write_summary,
-)
-from lsmooth.runs import PREDS_FILE
-
-T_975_DF2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables: 4.303)
+from lsmooth import report as R
+from lsmooth.runs import atomic_write_json
 
 
-def with_ts(rows):
-    return [r | temperature_scaling(*map(torch.load(Path(r["run_dir"]) / PREDS_FILE).get, ("probs", "targets")))
-            for r in rows]
+def row(eps, seed, error, noise=0.0, kind="uniform", **metrics):
+    config = {"smoothing": kind, "eps": eps, "noise": noise, "alpha": 0.5, "beta": 0.1}
+    return {"arm": R.arm_label(config), "variant": R.arm_label(config, noise=False), "kind": kind, "eps": eps,
+            "noise": noise, "seed": seed, "baseline": R._is_baseline(config), "run_dir": f"/nowhere/{seed}",
+            "settings": {"dataset": "x"}, "error_rate": error, "nll": 0.1, "ece": 0.05, "brier": 0.2, **metrics}
 
 
-# ---------------------------------------------------------------- statistics against hand values
-def test_summary_mean_std_paired_difference_and_t_interval(tmp_path):
-    base, ls = [0.10, 0.20, 0.30], [0.08, 0.15, 0.31]
-    rows = [fake_row(tmp_path, 0.0, s, e) for s, e in enumerate(base)]
-    rows += [fake_row(tmp_path, 0.1, s, e) for s, e in enumerate(ls)]
-    summary = {s["arm"]: s for s in summarize(rows)}
-    assert summary["eps=0"]["n_seeds"] == 3
-    assert summary["eps=0"]["error_rate_mean"] == pytest.approx(0.2)
-    assert summary["eps=0"]["error_rate_std"] == pytest.approx(0.1)  # sqrt((0.01 + 0 + 0.01) / 2)
-    assert summary["eps=0.1"]["error_rate_mean"] == pytest.approx(0.18)
-    # per-seed differences -0.02, -0.05, +0.01: mean -0.02, sd 0.03, CI -0.02 ± 4.303 * 0.03 / sqrt(3)
-    (d,) = paired_differences(rows)
-    assert d["n_pairs"] == 3 and d["baseline"] == "eps=0"
-    assert_close(d["error_rate_diffs"], [-0.02, -0.05, 0.01], rtol=0, atol=1e-12)
-    assert d["error_rate_diff"] == pytest.approx(-0.02)
-    half = T_975_DF2 * 0.03 / math.sqrt(3)
-    assert d["error_rate_ci_lo"] == pytest.approx(-0.02 - half, abs=1e-9)
-    assert d["error_rate_ci_hi"] == pytest.approx(-0.02 + half, abs=1e-9)
-    assert d["nll_diff"] == 0 and d["nll_ci_lo"] == 0  # identical metric in both arms
-    table = markdown_tables(list(summary.values()), [d])
-    assert "| eps=0 | 3 | 20.00 ± 10.00% |" in table and "-2.00 pts [-9.45, +5.45]" in table
-    assert "contains 0" in describe_difference(d)
+@pytest.mark.parametrize("config, label", [
+    ({"smoothing": "uniform", "eps": 0.0}, "eps=0"), ({"smoothing": "two-stage", "eps": 0.0}, "eps=0"),
+    ({"smoothing": "uniform", "eps": 0.1}, "eps=0.1"), ({"smoothing": "others", "eps": 0.1}, "others eps=0.1"),
+    ({"smoothing": "two-stage", "eps": 0.1, "noise": 0.4}, "two-stage eps=0.1 noise=0.4"),
+    ({"smoothing": "online", "eps": 0.0, "alpha": 0.5}, "online α=0.5"),
+    ({"smoothing": "penalty", "eps": 0.0, "beta": 0.2}, "penalty β=0.2"), ({"smoothing": "online"}, "online"),
+])
+def test_arm_labels(config, label):
+    assert R.arm_label(config) == label
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_t_interval_matches_scipy_paired_t_test(seed):
+def test_summary_mean_std_paired_difference_and_interval_by_hand():
+    rows = [row(0.0, 0, 0.10), row(0.0, 1, 0.20), row(0.1, 0, 0.05), row(0.1, 1, 0.25)]
+    base, ls = R.summarize(rows)
+    assert (base["arm"], ls["arm"]) == ("eps=0", "eps=0.1") and base["baseline"] and not ls["baseline"]
+    assert base["error_rate_mean"] == pytest.approx(0.15) and base["error_rate_std"] == pytest.approx(0.0707107, 1e-5)
+    (d,) = R.paired_differences(rows)
+    assert d["error_rate_diffs"] == pytest.approx([-0.05, 0.05]) and d["error_rate_diff"] == pytest.approx(0.0)
+    half = 12.706205 * 0.0707107 / math.sqrt(2)  # t(0.975, 1 dof) * sd / sqrt(n)
+    assert (d["error_rate_ci_lo"], d["error_rate_ci_hi"]) == pytest.approx((-half, half), rel=1e-5)
+    assert d["baseline"] == "eps=0" and d["n_pairs"] == 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_t_interval_matches_scipys_paired_t_test(seed):
+    from scipy import stats
+
     rng = np.random.default_rng(seed)
-    a, b = rng.normal(0.1, 0.02, 5), rng.normal(0.12, 0.02, 5)
-    lo, hi = t_interval(a - b)
-    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
-    assert (lo, hi) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    a, b = rng.normal(size=7), rng.normal(size=7)
+    lo, hi = R.t_interval(a - b)
+    res = stats.ttest_rel(a, b)
+    assert (lo, hi) == pytest.approx(tuple(res.confidence_interval(0.95)))
 
 
-def test_one_seed_gives_no_interval_and_says_so(tmp_path):
-    rows = [fake_row(tmp_path, 0.0, 0, 0.1), fake_row(tmp_path, 0.1, 0, 0.05)]
-    (d,) = paired_differences(rows)
-    assert d["error_rate_diff"] == pytest.approx(-0.05) and math.isnan(d["error_rate_ci_lo"])
-    assert "no confidence interval" in d["note"] and "no conclusion" in describe_difference(d)
-    assert math.isnan(summarize(rows)[0]["error_rate_std"])
-    assert "(no CI, n=1)" in format_table(summarize(rows), [d])
-    assert all(math.isnan(v) for v in t_interval([1.0]))
+def test_pairs_are_by_seed_at_the_same_noise_and_one_seed_gives_no_interval():
+    rows = [row(0.0, 0, 0.1), row(0.0, 1, 0.1), row(0.1, 1, 0.3), row(0.0, 0, 0.5, noise=0.4),
+            row(0.1, 0, 0.4, noise=0.4), row(0.0, 0, 0.2, kind="online")]
+    diffs = {d["arm"]: d for d in R.paired_differences(rows)}
+    assert diffs["eps=0.1"]["seeds"] == [1] and diffs["eps=0.1"]["error_rate_diff"] == pytest.approx(0.2)
+    assert diffs["eps=0.1 noise=0.4"]["baseline"] == "eps=0 noise=0.4"
+    assert diffs["eps=0.1 noise=0.4"]["error_rate_diff"] == pytest.approx(-0.1)
+    assert diffs["online α=0.5"]["error_rate_diff"] == pytest.approx(0.1)
+    assert math.isnan(diffs["eps=0.1"]["error_rate_ci_lo"]) and diffs["eps=0.1"]["note"].startswith("one seed")
+    assert "one seed gives no interval" in R.describe_difference(diffs["eps=0.1"])
+    assert [s["arm"] for s in R.summarize(rows)] == ["eps=0", "eps=0.1", "online α=0.5", "eps=0 noise=0.4",
+                                                      "eps=0.1 noise=0.4"]  # noise, baseline first, kinds in order
 
 
-def test_pairs_only_on_common_seeds_and_per_noise_baseline(tmp_path):
-    rows = [fake_row(tmp_path, 0.0, 0, 0.1), fake_row(tmp_path, 0.1, 0, 0.2), fake_row(tmp_path, 0.1, 1, 0.9),
-            fake_row(tmp_path, 0.0, 0, 0.3, noise=0.4), fake_row(tmp_path, -0.1, 0, 0.25, noise=0.4)]
-    diffs = {d["arm"]: d for d in paired_differences(rows)}
-    assert diffs["eps=0.1"]["seeds"] == [0] and diffs["eps=0.1"]["error_rate_diff"] == pytest.approx(0.1)
-    assert diffs["eps=-0.1 noise=0.4"]["baseline"] == "eps=0 noise=0.4"
-    assert diffs["eps=-0.1 noise=0.4"]["error_rate_diff"] == pytest.approx(-0.05)
+def test_an_interval_that_excludes_zero_is_read_as_a_direction():
+    rows = [row(0.0, s, 0.10 + 0.001 * s) for s in range(4)] + [row(0.1, s, 0.05 + 0.001 * s) for s in range(4)]
+    (d,) = R.paired_differences(rows)
+    assert "excludes 0: lower than the baseline" in R.describe_difference(d)
+    assert R.resolved_differences([d]).startswith("1 of 1 error rate difference has a 95% interval that excludes 0")
 
 
-def test_an_interval_that_excludes_zero_is_read_as_a_direction(tmp_path):
-    rows = [fake_row(tmp_path, e, s, 0.1 + e + 0.001 * s * s) for e in (0.0, 0.1) for s in range(3)]
-    (d,) = paired_differences(rows)
-    assert "excludes 0: higher with smoothing" in describe_difference(d)
+def test_runs_with_other_settings_are_refused(tmp_path):
+    for name, dataset in (("a", "x"), ("b", "y")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        atomic_write_json(tmp_path / "runs" / name / "config.json", {"eps": 0.0, "seed": 0, "dataset": dataset})
+        atomic_write_json(tmp_path / "runs" / name / "final.json", {"error_rate": 0.1})
+    with pytest.raises(ValueError, match="runs with different settings in .*: dataset='x'"):
+        R.load_rows(tmp_path)
+    with pytest.raises(ValueError, match="no finished run in"):
+        R.write_summary(tmp_path / "empty")
 
 
-# ---------------------------------------------------------------- files and plots
-def test_write_summary_writes_tables_and_non_empty_plots(tmp_path):
-    rows = with_ts([fake_row(tmp_path, e, s, 0.1 + 0.01 * s, noise=n)
-                    for n in (0.0, 0.4) for e in (0.0, 0.1) for s in (0, 1)])
-    out = tmp_path / "summary"
-    res = write_summary(rows, out, provenance={"command": "python recipes/compare.py"})
-    assert res["notes"] == [] and res == json.loads(json.dumps(load_summary(out)))
-    for name in ("error_rate.png", "curves.png", "reliability.png", "noise.png"):
-        f = out / name
-        assert f.stat().st_size > 5000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads((out / SUMMARY_JSON).read_text())
-    assert data["n_runs"] == 8 and len(data["arms"]) == 4 and len(data["paired_differences"]) == 2
-    assert (out / SUMMARY_CSV).read_text().startswith("arm,eps,noise,n_seeds,")
-    md = (out / SUMMARY_MD).read_text()
-    assert md.startswith("- command: python recipes/compare.py\n") and "Paired difference" in md
+# ---------------------------------------------------------------- a whole sweep
+def test_write_summary_of_a_sweep_folder(tiny_sweep):
+    data = R.load_summary(tiny_sweep)
+    rows = R.load_rows(tiny_sweep)
+    assert data["n_runs"] == len(rows) == 20 and data["settings"]["dataset"] == "tiny"
+    assert [s["arm"] for s in data["arms"]][:5] == ["eps=0", "eps=0.1", "two-stage eps=0.1", "online α=0.5",
+                                                    "penalty β=0.1"]
+    assert {d["baseline"] for d in data["paired_differences"]} == {"eps=0", "eps=0 noise=0.4"}
+    assert all(s["n_seeds"] == 2 and not math.isnan(s["ece_ts_mean"]) for s in data["arms"])
+    assert data["plots"] == ["error_rate.png", "paired.png", "curves.png", "reliability.png", "noise.png"]
+    for name in data["plots"]:
+        assert (tiny_sweep / name).stat().st_size > 5000
+    assert (tiny_sweep / R.SUMMARY_MD).read_text() == R.summary_markdown(data)
+    assert json.loads((tiny_sweep / R.SUMMARY_JSON).read_text()) == data
 
 
-def test_write_summary_without_predictions_says_so(tmp_path):
-    rows = [fake_row(tmp_path, e, 0, 0.1) for e in (0.0, 0.1)]
-    (Path(rows[0]["run_dir"]) / PREDS_FILE).unlink()
-    res = write_summary(rows, tmp_path / "s")
-    assert not (tmp_path / "s" / "reliability.png").exists() and PREDS_FILE in res["notes"][0]
-
-
-def test_reliability_arms_draw_a_counts_panel_under_each_diagram(tmp_path):
-    from matplotlib.figure import Figure
-
-    rows = [fake_row(tmp_path, e, s, 0.1) for e in (0.0, 0.1) for s in (0, 1)]
-    fig = plot_reliability_arms(rows, fig=Figure())
-    diagrams, counts = fig.axes[:2], fig.axes[2:]
-    assert [ax.get_title() for ax in diagrams] == ["eps=0 (2 seeds pooled)", "eps=0.1 (2 seeds pooled)"]
-    assert [ax.get_ylabel() for ax in counts] == ["samples", "samples"]
-    heights = sum(p.get_height() for p in counts[0].patches)
-    assert heights == 400  # both seeds' 200 validation predictions, counted per bin
-
-
-def test_curves_per_arm_and_seed(tmp_path):
-    rows = [fake_row(tmp_path, e, s, 0.1 * (s + 1)) for e in (0.0, 0.1) for s in (0, 1, 2)]
-    curves = load_curves(rows)
-    assert set(curves) == {"eps=0", "eps=0.1"} and curves["eps=0"].shape == (3, 2)
-    assert_close(curves["eps=0"][:, 1], np.array([0.1, 0.2, 0.3]))
-
-
-def test_snippet_renders_the_headline_of_a_summary(tmp_path):
-    rows = with_ts([fake_row(tmp_path, e, s, 0.1 + 0.01 * s - e / 10) for e in (0.0, 0.1) for s in (0, 1, 2)])
-    env = {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 1, "device": "cpu", "torch": "2.x", "fastai": "2.y",
-           "load_avg": 1.25}
-    data = write_summary(rows, tmp_path / "s", provenance={
-        "command": "python recipes/compare.py", "sweeps": [{"commands": [{"environment": env}, {"environment": env}]}]})
-    text = snippet(data)
-    assert text.splitlines()[:2] == [
-        "command: python recipes/compare.py",
-        "machine: Some CPU (2 CPUs, 1 torch thread, load 1.2), no GPU; torch 2.x, fastai 2.y"]
-    assert "eps=0.1  3      10.00 ± 1.00%" in text and "eps=0.1 − eps=0  3      -1.00 pts [-1.00, -1.00]" in text
-    md = snippet(data, markdown=True)
-    assert "| eps=0 | 3 | 11.00 ± 1.00% |" in md and md.startswith("- command: ")
-
-
-# ---------------------------------------------------------------- sentences the notebooks show
-def test_sentences_read_the_numbers_of_the_summary(tmp_path):
-    rows = with_ts([fake_row(tmp_path, e, s, 0.1 + 0.01 * s + e / 10, noise=n)
-                    for n in (0.0, 0.4) for e in (0.0, 0.1) for s in range(3)])
-    summary, diffs = summarize(rows), paired_differences(rows)
-    assert describe_arms(summary[:2]) == "eps=0 11.00 ± 1.00% (3 seeds), eps=0.1 12.00 ± 1.00% (3 seeds)"
-    assert describe_vs_noise(summary) == ("error rate (mean over seeds) at 0% noise 11.00%–12.00% (lowest: eps=0); "
-                                          "at 40% noise 11.00%–12.00% (lowest: eps=0).")
-    assert resolved_differences(diffs) == ("2 of 2 error rate differences have a 95% interval that excludes 0: "
-                                           "eps=0.1 (+1.00 pts [+1.00, +1.00]); "
-                                           "eps=0.1 noise=0.4 (+1.00 pts [+1.00, +1.00]).")
-    assert resolved_differences(diffs, "nll").startswith("No NLL difference has a 95% interval that excludes 0")
-    s = summary[0]  # fake rows state NLL 0.1, so scaling "raises" it
-    assert describe_temperature(summary[:1]) == (
-        f"eps=0: T = {s['temperature_mean']:.2f} ± {s['temperature_std']:.2f} (softens the predictions); ECE "
-        f"0.050 → {s['ece_ts_mean']:.3f}, and it raises the held-out NLL (0.100 → {s['nll_ts_mean']:.3f}).")
-    probs, y = pooled_preds(rows, 0.0)
-    conf, acc = float(probs.max(1).values.mean()), float((probs.argmax(1) == y).double().mean())
-    assert conf > acc and describe_confidence(rows).startswith(
-        f"eps=0: pooled ECE {ece(probs, y):.3f}, mean confidence {100 * conf:.1f}% against {100 * acc:.1f}% "
-        f"accuracy (over-confident by {100 * (conf - acc):.1f} points); eps=0.1: ")
+def test_snippet_and_sentences_read_the_summary(tiny_sweep):
+    data, rows = R.load_summary(tiny_sweep), R.load_rows(tiny_sweep)
+    text = R.snippet(data, markdown=True)
+    assert text.startswith("- command: python recipes/compare.py --dataset tiny")
+    assert "| eps=0 | 2 |" in text and "| eps=0.1 − eps=0 | 2 |" in text
+    assert R.describe_arms(data["arms"]).startswith("eps=0 ")
+    assert "under-confident" in R.describe_confidence(rows) or "over-confident" in R.describe_confidence(rows)
+    assert R.describe_temperature(data["arms"]).startswith("eps=0: T = ")
+    assert R.describe_vs_noise(data["arms"]).startswith("error rate (mean over seeds) at 0% noise")
+    curves = R.load_curves(rows)
+    assert curves["eps=0"].shape == (2, 1)
