@@ -62,24 +62,29 @@ def _number(text: str):
 class RecordRun(Callback):
     """Record the fit into ``learn.path``, every file written atomically by rank 0:
 
-    - before it: ``config.json`` (``config``, plus the loss, epochs, data sizes and number of
-      processes) and ``env.json`` (versions, device, machine: :func:`lsmooth.runs.environment`);
+    - when it starts training: ``config.json`` (``config``, plus the loss, epochs, data sizes and number
+      of processes) and ``env.json`` (versions, device, machine: :func:`lsmooth.runs.environment`);
     - after each epoch: ``metrics.csv``, fastai's recorder row of every finished epoch, once each
       (epochs that :class:`~lsmooth.resume.ExactResume` skips keep the row they already have);
-    - after it: ``valid_preds.pt`` (softmax of the last epoch's validation predictions, gathered
+    - when it ends: ``valid_preds.pt`` (softmax of the last validated epoch's predictions, gathered
       from every process, and the targets) and ``final.json``: error rate, accuracy, NLL, ECE (15
-      bins), Brier, temperature scaling (:func:`lsmooth.metrics.temperature_scaling`), fit time and
-      training images/s. Single-label classification: the model's outputs are class logits.
+      bins), Brier, temperature scaling (:func:`lsmooth.metrics.temperature_scaling`), epochs, fit
+      time (of this process: a resumed fit's counts from its resume) and training images/s (all
+      processes). Single-label classification: the model's outputs are class logits.
 
-    ``echo`` prints one aligned row per epoch (for logs, where fastai's progress table is off).
-    Only a fit that trains is recorded: ``learn.get_preds()`` and ``learn.validate()``, which fire
-    ``before_fit``/``after_fit`` too, leave the folder alone.
+    Several fits in one folder (``fine_tune``'s two) number their epochs on in ``metrics.csv``; the
+    files of the end describe the last fit. ``final.json`` is about the model of the last validated
+    epoch, also when a callback stops the fit early (``EarlyStoppingCallback``); a callback that
+    loads another model when the fit ends (``SaveModelCallback``) does so after this one.
+    ``learn.lr_find()``, ``get_preds()`` and ``validate()``, which fire ``before_fit``/``after_fit``
+    too, leave the folder alone. ``echo`` prints one aligned row per epoch (for logs, where fastai's
+    progress table is off).
     """
 
-    order = 70  # after Recorder (50) completed the epoch's row; before ExactResume (90) marks it done
+    order = 55  # after Recorder (50) completed the epoch's row; before EarlyStopping (63) may end the fit
 
     def __init__(self, config: dict | None = None, echo: bool = False):
-        self.config, self.echo = dict(config or {}), echo
+        self.config, self.echo, self.epochs_before = dict(config or {}), echo, 0
 
     @property
     def _writes(self) -> bool:
@@ -87,12 +92,14 @@ class RecordRun(Callback):
 
     def before_fit(self):
         self.fitting = False  # get_preds and validate call before_fit too: a fit is known by its training
+        if hasattr(self.learn, "lr_finder"):  # fastai's own test: lr_find is not the run
+            self.run = False
 
     def before_train(self):
         if self.fitting:
             return
         self.fitting, self.skipped, self.run_dir, self.rows = True, False, Path(self.learn.path), {}
-        self.preds, self.targets, self.n_seen, self.t_fit = [], [], 0, time.perf_counter()
+        self.preds, self.last, self.n_seen, self.t_fit = None, None, 0, time.perf_counter()
         if not self._writes:
             return
         if self.echo:
@@ -104,54 +111,65 @@ class RecordRun(Callback):
             self.rows = {int(r["epoch"]): [_number(v) for v in r.values()]
                          for r in read_csv_rows(self.run_dir / METRICS_FILE)}
         ds = self.dls.train_ds, self.dls.valid_ds
-        facts = {"loss": repr(self.learn.loss_func), "n_epoch": self.n_epoch, "n_train": len(ds[0]),
-                 "n_valid": len(ds[1]), "n_classes": getattr(self.dls, "c", None), "processes": max(num_distrib(), 1)}
+        facts = {"loss": repr(self.learn.loss_func), "n_epoch": self.epochs_before + self.n_epoch,
+                 "n_train": len(ds[0]), "n_valid": len(ds[1]), "n_classes": getattr(self.dls, "c", None),
+                 "processes": max(num_distrib(), 1)}
         atomic_write_json(self.run_dir / CONFIG_FILE, self.config | facts)
         atomic_write_json(self.run_dir / ENV_FILE, environment(self.dls.device))
 
     def after_cancel_train(self):
         self.skipped = True
 
+    def before_validate(self):
+        if self.fitting:
+            self.batch_preds, self.batch_targets = [], []
+
     def after_batch(self):
         if not self.fitting:
             return
         if self.training:
             self.n_seen += find_bs(self.yb)
-        elif self.epoch == self.n_epoch - 1 and len(self.yb):  # the final model: what final.json is about
-            self.preds.append(self.learn.to_detach(self.pred).float())
-            self.targets.append(self.learn.to_detach(self.yb[0]))
+        elif len(self.yb):  # this epoch's validation: the last one validated is what final.json is about
+            self.batch_preds.append(self.learn.to_detach(self.pred).float())
+            self.batch_targets.append(self.learn.to_detach(self.yb[0]))
+
+    def after_validate(self):
+        if self.fitting and self.batch_preds:
+            self.preds, self.last = (self.batch_preds, self.batch_targets), self.epochs_before + self.epoch
 
     def after_epoch(self):
         if not self.fitting:
             return
-        skipped, self.skipped = self.skipped, False
+        skipped, self.skipped, epoch = self.skipped, False, self.epochs_before + self.epoch
         if skipped:  # ExactResume skipped it: its row is already in metrics.csv
-            if self.echo and self._writes and self.epoch in self.rows:
-                self._print(self.rows[self.epoch])
+            if self.echo and self._writes and epoch in self.rows:
+                self._print(self.rows[epoch])
             return
-        row = [_plain(v) for v in self.recorder.log]
+        row = [epoch, *(_plain(v) for v in self.recorder.log[1:])]  # epochs numbered on across fits
         if self.echo and self._writes:
             self._print(row)
         if self._writes:
-            self.rows[self.epoch] = row
+            self.rows[epoch] = row
             names = list(self.recorder.metric_names)
-            rows = [self.rows[e] for e in sorted(self.rows) if e <= self.epoch]  # a stale later row goes
+            rows = [self.rows[e] for e in sorted(self.rows) if e <= epoch]  # a stale later row goes
             atomic_write_csv(self.run_dir / METRICS_FILE, names, rows)
 
     def after_fit(self):
         if not self.fitting:
             return
         self.fitting, fit_s = False, time.perf_counter() - self.t_fit
+        self.epochs_before += self.n_epoch
         if not (self._writes and self.preds):
             return
-        logits = torch.cat(self.preds).as_subclass(torch.Tensor)
-        targets = torch.cat(self.targets).as_subclass(torch.Tensor).long()
+        logits = torch.cat(self.preds[0]).as_subclass(torch.Tensor)
+        targets = torch.cat(self.preds[1]).as_subclass(torch.Tensor).long()
         probs = torch.softmax(logits, 1)
         right = (probs.argmax(1) == targets).double()
+        seen = self.n_seen * max(num_distrib(), 1)  # every process trains on its share of each batch
         final = {"error_rate": float(1 - right.mean()), "accuracy": float(right.mean()), "nll": nll(probs, targets),
                  "ece": ece(probs, targets), "brier": brier(probs, targets), **temperature_scaling(probs, targets),
-                 "epochs": self.n_epoch, "n_valid": len(targets), "fit_time_s": round(fit_s, 3),
-                 "images_per_s": round(self.n_seen / fit_s, 1) if self.n_seen else None}
+                 "epochs": self.last + 1, "n_valid": len(targets), "fit_time_s": round(fit_s, 3),
+                 "images_per_s": round(seen / fit_s, 1) if seen else None}
         atomic_save_torch(self.run_dir / PREDS_FILE, {"probs": probs, "targets": targets})
         atomic_write_json(self.run_dir / FINAL_FILE, final)
         print(f"error {final['error_rate']:.2%} | NLL {final['nll']:.4f} | ECE {final['ece']:.4f} | Brier "
@@ -176,7 +194,8 @@ class SmoothingSchedule(Callback):
     is a fastai schedule of the fit's progress in [0, 1] (``SchedLin(0.1, 0)``, ``SchedCos``,
     ``combine_scheds``, :func:`two_stage`), like ``ParamScheduler`` does for the learning rate.
     The value of each epoch's last training batch is recorded as the recorder's column ``eps``
-    (fastai's ``ValueMetric``: progress table, ``metrics.csv``). The loss must have an ``eps``."""
+    (fastai's ``ValueMetric``: progress table, ``metrics.csv``). The loss must have an ``eps``; it gets
+    its own back when the fit ends (what ``validate()`` then uses)."""
 
     order = 20  # before Recorder (50) reads the metric names in before_fit
 
@@ -186,8 +205,10 @@ class SmoothingSchedule(Callback):
     def before_fit(self):
         if not hasattr(self.learn.loss_func, "eps"):
             raise ValueError(f"SmoothingSchedule sets loss_func.eps; {type(self.learn.loss_func).__name__} has none")
+        if not hasattr(self, "own_eps"):  # kept across an interrupted fit, which never reached after_fit
+            self.own_eps = self.learn.loss_func.eps
         self.metric = ValueMetric(lambda: self.eps, "eps")
-        self.learn.metrics = [*self.learn.metrics, self.metric]
+        self.learn.metrics = [*(m for m in self.learn.metrics if getattr(m, "name", None) != "eps"), self.metric]
 
     def before_batch(self):
         if self.training:
@@ -195,6 +216,8 @@ class SmoothingSchedule(Callback):
 
     def after_fit(self):
         self.learn.metrics = [m for m in self.learn.metrics if m is not self.metric]
+        self.learn.loss_func.eps = self.own_eps
+        del self.own_eps
 
 
 class OnlineLabelSmoothing(Callback):
@@ -203,38 +226,54 @@ class OnlineLabelSmoothing(Callback):
     ``dls.c`` classes (``alpha`` weighs the hard label; the first epoch's soft targets are uniform
     with ``first_eps=1``). After every training batch it adds the softmax of the correctly
     classified samples to their class; after every training epoch the per-class means, summed over
-    every process, become the next epoch's soft targets. Nothing is read back to the host. The
-    learner's own loss is put back after the fit (as fastai's ``MixUp`` does); the statistics are in
-    the loss's ``state_dict``, which :class:`~lsmooth.resume.ExactResume` saves."""
+    every process, become the next epoch's soft targets. Nothing is read back to the host. The loss
+    is in place from the fit's first training batch to its end, then the learner's own loss is back
+    (as with fastai's ``MixUp``; ``lr_find``, ``get_preds`` and ``validate`` use the learner's own);
+    a later fit goes on with the same statistics, which are in the loss's ``state_dict``, which
+    :class:`~lsmooth.resume.ExactResume` saves."""
 
-    order = 30  # installs the loss before ExactResume (90) restores its state
+    order = 30  # at the first training batch: installs its loss before ExactResume (90) restores the loss's state
 
     def __init__(self, alpha: float = 0.5, first_eps: float = 1.0):
         OnlineLabelSmoothingCrossEntropy(2, alpha, first_eps=first_eps)  # bad values fail here, not at fit time
-        self.alpha, self.first_eps = alpha, first_eps
+        self.alpha, self.first_eps, self.ols = alpha, first_eps, None
 
     def before_fit(self):
-        self.ols = OnlineLabelSmoothingCrossEntropy(self.dls.c, self.alpha, first_eps=self.first_eps)
-        self.old_loss, self.learn.loss_func = self.learn.loss_func, self.ols.to(self.dls.device)
+        self.installed = False  # get_preds, validate and lr_find keep the learner's own loss
+
+    def before_train(self):
+        if self.installed or hasattr(self.learn, "lr_finder"):
+            return
+        if self.learn.loss_func is not self.ols:  # not ours from a fit Ctrl-C interrupted
+            self.own_loss = self.learn.loss_func
+        if self.ols is None:
+            self.ols = OnlineLabelSmoothingCrossEntropy(self.dls.c, self.alpha, first_eps=self.first_eps)
+        self.learn.loss_func, self.installed = self.ols.to(self.dls.device), True
 
     def after_loss(self):
-        if self.training:
+        if self.installed and self.training:
             self.ols.update(self.pred, *self.yb)
 
     def after_train(self):
+        if not self.installed:
+            return
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             for stats in (self.ols.sums, self.ols.counts):
                 torch.distributed.all_reduce(stats)  # asynchronous on NCCL: no host read
         self.ols.next_epoch()
 
     def after_fit(self):
-        self.learn.loss_func = self.old_loss
+        if self.installed:
+            self.learn.loss_func, self.installed = self.own_loss, False
 
 
 class CPUAutocast(Callback):
     """bf16 autocast for the forward pass and the loss on the CPU (fastai's ``MixedPrecision`` is CUDA-only)."""
 
     order = 10
+
+    def __init__(self):
+        self.ctx = None
 
     def before_batch(self):
         self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -243,5 +282,13 @@ class CPUAutocast(Callback):
     def after_pred(self):
         self.learn.pred = self.pred.float()
 
-    def after_loss(self):
-        self.ctx.__exit__(None, None, None)
+    def after_loss(self):  # backward runs outside autocast
+        self._leave()
+
+    def after_batch(self):  # a batch without a loss (get_preds) never reached after_loss
+        self._leave()
+
+    def _leave(self):
+        if self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+            self.ctx = None

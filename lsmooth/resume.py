@@ -8,16 +8,17 @@ processes too (``tests/test_resume.py``).
 Two files in ``learn.path``, each replaced atomically after every epoch and both removed when the
 fit ends:
 
-* ``models/model_<epoch>.pth``: model and optimizer, exactly as ``learn.save(f"model_{epoch}",
-  with_opt=True)`` and ``SaveModelCallback(every_epoch=True)`` name and write them, so
-  ``learn.load(f"model_{epoch}")`` reads it. Loads with ``torch.load(weights_only=True)``.
+* ``models/resume-fit<f>-epoch<e>.pth``: model and optimizer, in the format of ``learn.save(name,
+  with_opt=True)``, so ``learn.load(model_name(f, e))`` reads it (``f`` counts the fits of the
+  folder: ``fine_tune`` makes two). Loads with ``torch.load(weights_only=True)``. The name leaves
+  ``SaveModelCallback``'s ``model_<e>.pth`` files alone.
 * ``checkpoint.pth``: the rest an identical continuation needs (every random stream of every
   process: Python, NumPy, torch, CUDA, each DataLoader's shuffling ``rng``; the smoothed training
   loss; the fp16 loss scale; the loss function's ``state_dict``, e.g. online label smoothing's
   statistics) and the name of that epoch's model file.
 
 After epoch ``e`` (all but the last, whose checkpoint the end of the fit would delete at once): write
-``model_<e>.pth``, replace ``checkpoint.pth``, delete ``model_<e-1>.pth``.
+its model file, replace ``checkpoint.pth``, delete the model file before it.
 A SIGKILL at any instant leaves a ``checkpoint.pth`` naming a complete model file of its epoch; the
 resume deletes whatever else a kill left. The state is copied when the epoch ends (milliseconds) and
 written, fsync'ed and renamed by a thread while the next epoch trains (a checkpoint of a ResNet18 and
@@ -25,7 +26,8 @@ its Adam state, 135 MB, takes 0.25-0.35 s on the test machine: 5% of a digits ep
 the next checkpoint, the end of the fit and the interpreter's exit wait for it. The checkpoint is the
 last thing written for an epoch (``order`` 90), so whatever other callbacks record for it
 (``RecordRun``'s metrics.csv) is already on disk. The one-cycle position needs nothing: fastai
-derives it from the epoch.
+derives it from the epoch. Several fits in one folder (``fine_tune``): started again after a kill in
+the second, the first is skipped whole and the second resumes.
 
 Why not fastai's ``SaveModelCallback``: it keeps model and optimizer only, with a plain
 ``torch.save`` (a kill mid-write leaves a broken file), and does not resume.
@@ -54,7 +56,7 @@ from lsmooth.runs import CHECKPOINT_FILE, atomic_save_torch
 
 __all__ = ["ExactResume", "ResumeError", "finish_writes", "model_name"]
 
-_MODEL_FILE = re.compile(r"model_\d+\.pth")
+_MODEL_FILE = re.compile(r"resume-fit\d+-epoch\d+\.pth")
 _LOCK_FILE = ".fit.lock"
 _TMP = re.compile(r"\..*\.tmp")  # lsmooth.runs' temporary names
 
@@ -73,9 +75,9 @@ class ResumeError(ValueError):
     """A checkpoint that cannot be resumed here; the message (one line) says why."""
 
 
-def model_name(epoch: int) -> str:
-    """What ``learn.load`` takes for epoch ``epoch``'s model file (SaveModelCallback's naming)."""
-    return f"model_{epoch}"
+def model_name(fit: int, epoch: int) -> str:
+    """What ``learn.load`` takes for the model file of epoch ``epoch`` of the folder's fit ``fit`` (from 0)."""
+    return f"resume-fit{fit}-epoch{epoch}"
 
 
 def _plain(v):
@@ -149,15 +151,22 @@ def _drop_files(folder: Path, keep: str | None = None) -> None:
 
 class ExactResume(Callback):
     """A checkpoint in ``learn.path`` after every epoch (module docstring); a fit that finds one there
-    loads it and skips the epochs it holds (their training and validation are cancelled).
-    :class:`ResumeError` if it was written by another number of processes, for another number of
-    epochs or on other data. Removed when the fit ends. Only a fit that trains reads or removes it:
-    ``learn.get_preds()`` and ``learn.validate()``, which fire ``before_fit``/``after_fit`` too, do not."""
+    loads it and skips the epochs it holds (their training and validation are cancelled), or the
+    whole fit if the checkpoint is of a later fit of the folder. :class:`ResumeError` if it was
+    written by another number of processes, for another number of epochs, on other data or by an
+    earlier fit. Removed when the fit ends. Only a fit that trains reads or removes it:
+    ``learn.lr_find()``, ``get_preds()`` and ``validate()``, which fire ``before_fit``/``after_fit``
+    too, do not."""
 
     order = 90  # the last callback of each epoch: a checkpoint means the epoch is complete
 
+    def __init__(self):
+        self.fits = 0  # fits of this learner that ended: the index of the next one
+
     def before_fit(self):
-        self.active, self.ckpt, self.start = False, None, 0  # get_preds and validate call before_fit too
+        self.active, self.ckpt, self.start, self.later = False, None, 0, False  # also for get_preds, validate
+        if hasattr(self.learn, "lr_finder"):  # fastai's own test: lr_find is not the run
+            self.run = False
 
     def before_train(self):
         if not self.active:  # the fit's first training phase: only a fit that trains reads or writes
@@ -176,7 +185,7 @@ class ExactResume(Callback):
     def _load(self, ck: dict | None) -> None:
         """Model, optimizer and loss state of the checkpoint ``ck`` into the learner; the epochs to skip."""
         self.ckpt = ck
-        if ck is None:
+        if ck is None:  # a fresh fit, or one to skip whole (``_read`` set ``start`` then)
             return
         getattr(self.learn.model, "module", self.learn.model).load_state_dict(ck["model"])
         sd = dict(ck["opt"])
@@ -217,8 +226,9 @@ class ExactResume(Callback):
         model = {"model": getattr(self.learn.model, "module", self.learn.model).state_dict(), "opt": opt}
         scaler, smooth, loss = getattr(self.learn, "scaler", None), self.recorder.smooth_loss, self.learn.loss_func
         state = {
-            "epoch": self.epoch, "n_epoch": self.n_epoch, "processes": len(rng), "data": _fingerprint(self.dls),
-            "model_file": str(Path(self.learn.model_dir) / f"{model_name(self.epoch)}.pth"),
+            "fit": self.fits, "epoch": self.epoch, "n_epoch": self.n_epoch, "processes": len(rng),
+            "data": _fingerprint(self.dls),
+            "model_file": str(Path(self.learn.model_dir) / f"{model_name(self.fits, self.epoch)}.pth"),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "smooth_loss": (smooth.count, _tensor(smooth.val)), "train_iter": self.train_iter,
             "loss": loss.state_dict() if isinstance(loss, torch.nn.Module) and loss.state_dict() else None,
@@ -255,9 +265,9 @@ class ExactResume(Callback):
     def after_fit(self):
         if not self.active:
             return
-        self.active = False
+        self.active, self.fits = False, self.fits + 1
         self._wait()
-        if rank_distrib() == 0:  # the fit ended: the checkpoint has served
+        if rank_distrib() == 0 and not self.later:  # the fit ended: the checkpoint has served
             folder = Path(self.learn.path)
             (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
             models = folder / self.learn.model_dir
@@ -293,6 +303,12 @@ class ExactResume(Callback):
         if not path.exists():
             return None
         ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["fit"] > self.fits:  # this fit ended before the kill; a later one wrote the checkpoint
+            self.later, self.start = True, self.n_epoch
+            return None
+        if ck["fit"] < self.fits:
+            raise ResumeError(f"{path} is of fit {ck['fit']} of this folder, which did not end; this is fit "
+                              f"{self.fits}: run the fits again from the first, or start anew")
         world = max(num_distrib(), 1)
         if ck["processes"] != world:
             raise ResumeError(f"{path} was written by {ck['processes']} process(es); resume it with the same "

@@ -205,3 +205,47 @@ def test_bf16_autocast_on_the_cpu_trains_and_records(tiny_dir, tmp_path):
     learn.fit(1, 1e-3)
     assert seen.seen == torch.bfloat16
     assert 0 <= json.loads((tmp_path / FINAL_FILE).read_text())["error_rate"] <= 1
+
+
+# ---------------------------------------------------------------- with fastai's own callbacks, and Ctrl-C
+def test_a_fit_stopped_early_is_recorded_with_its_last_validated_model(tiny_dir, tmp_path):
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    stop = EarlyStoppingCallback(monitor="valid_loss", patience=0, min_delta=1e9)  # stops after the second epoch
+    learn = tiny_learner(tiny_dir, tmp_path, cbs=[RecordRun(), stop])
+    learn.fit(5, 1e-3)
+    assert [r["epoch"] for r in epochs_table(tmp_path)] == ["0", "1"]  # the last epoch's row too
+    final = json.loads((tmp_path / FINAL_FILE).read_text())
+    assert final["epochs"] == 2 and final["n_valid"] == 44
+
+
+def test_lr_find_leaves_the_run_folder_alone(recorded):
+    run, learn, *_ = recorded
+    def files():  # fastai's lr_find may leave an empty models/ behind (its _tmp.pth is deleted): files only
+        return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    before = files()
+    learn.lr_find(num_it=5, show_plot=False)
+    assert files() == before
+
+
+def test_a_fit_run_again_after_ctrl_c_keeps_one_eps_column_and_the_users_own_loss(tiny_dir, tmp_path):
+    class StopOnce(Callback):
+        def before_batch(self):
+            if self.training and self.iter == 1 and not getattr(self, "done", False):
+                self.done = True
+                raise KeyboardInterrupt
+
+    own = LabelSmoothingCrossEntropy(0.2)
+    schedule, online, stop = SmoothingSchedule(SchedLin(0.3, 0.0)), OnlineLabelSmoothing(), StopOnce()
+    learn = tiny_learner(tiny_dir, tmp_path / "s", own, [schedule, RecordRun(), stop])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, 1e-3)
+    learn.fit(1, 1e-3)  # the same learner again, as a notebook cell run twice
+    assert list(epochs_table(tmp_path / "s")[0]).count("eps") == 1
+    assert learn.loss_func is own and own.eps == 0.2  # its own eps back after the fit
+    learn = tiny_learner(tiny_dir, tmp_path / "o", own, [online, StopOnce()])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, 1e-3)
+    learn.fit(1, 1e-3)
+    assert learn.loss_func is own

@@ -41,14 +41,33 @@ def test_the_learner_snippet_records_the_run_and_resumes(tiny_dir, tmp_path, mon
     torch.save(torchvision.models.resnet34().state_dict(), hub / "checkpoints" / Path(url).name)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
     monkeypatch.chdir(tmp_path)
+    from fastai.callback.core import Callback
+    from fastai.learner import defaults
+
+    class CtrlCAfterSecondEpoch(Callback):
+        order = 100  # after ExactResume's checkpoint
+
+        def after_epoch(self):
+            if self.epoch == 1:
+                raise KeyboardInterrupt
+
     namespace = {}
     exec("from fastai.vision.all import *", namespace)
     namespace["dls"] = tiny_dls(tiny_dir)
-    exec(compile(fenced_after("snippet: learner", "python"), "README.md", "exec"), namespace)
+    snippet = compile(fenced_after("snippet: learner", "python"), "README.md", "exec")
+    own = defaults.callbacks
+    monkeypatch.setattr(defaults, "callbacks", [*own, CtrlCAfterSecondEpoch])  # in every new Learner
+    with pytest.raises(KeyboardInterrupt):
+        exec(snippet, namespace)
     run = tmp_path / "runs" / "pets-ls"
+    before = (run / "metrics.csv").read_text().splitlines()
+    assert len(before) == 1 + 2 and not (run / "final.json").exists()
+    monkeypatch.setattr(defaults, "callbacks", own)
+    exec(snippet, namespace)  # the same lines again, as the snippet says
     assert {p.name for p in run.iterdir()} == {"config.json", "env.json", "metrics.csv", "final.json",
                                                "valid_preds.pt"}
-    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 4
+    after = (run / "metrics.csv").read_text().splitlines()
+    assert after[:3] == before and [row.split(",")[0] for row in after[1:]] == ["0", "1", "2", "3"]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -49,12 +49,12 @@ def test_ctrl_c_then_the_same_fit_again_ends_like_an_uninterrupted_one(tiny_dir,
     R.finish_writes()  # epoch 1's checkpoint, written in the background
     assert {p.name for p in run.iterdir()} == {CONFIG_FILE, ENV_FILE, METRICS_FILE, CHECKPOINT_FILE, "models",
                                                ".fit.lock"}
-    assert [p.name for p in (run / "models").iterdir()] == ["model_1.pth"]
+    assert [p.name for p in (run / "models").iterdir()] == ["resume-fit0-epoch1.pth"]
     ckpt = torch.load(run / CHECKPOINT_FILE, weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["model_file"] == "models/model_1.pth"
+    assert ckpt["epoch"] == 1 and ckpt["model_file"] == "models/resume-fit0-epoch1.pth"
     assert (ckpt["loss"] is not None) == online
     (run / f".{CHECKPOINT_FILE}.x.tmp").write_bytes(b"half")  # a kill during a checkpoint write
-    (run / "models" / ".model_2.pth.x.tmp").write_bytes(b"half")  # a kill during a model write
+    (run / "models" / ".resume-fit0-epoch2.pth.x.tmp").write_bytes(b"half")  # a kill during a model write
     capsys.readouterr()
     _fit(tiny_dir, run, online=online)
     assert f"resuming {run} after epoch 2 of 3" in capsys.readouterr().out
@@ -115,24 +115,26 @@ def test_learn_load_reads_the_model_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         learn.fit(3)
     R.finish_writes()
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_1.pth"]  # older ones deleted
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["resume-fit0-epoch1.pth"]  # older: deleted
     state, model = _checkpoint(tmp_path)
-    assert state["epoch"] == 1 and state["model_file"] == "models/model_1.pth" and model.keys() == {"model", "opt"}
+    assert state["epoch"] == 1 and state["model_file"] == "models/resume-fit0-epoch1.pth"
+    assert model.keys() == {"model", "opt"}
     fresh = _synth(tmp_path / "other")
     fresh.path = tmp_path
-    fresh.load(model_name(1))  # fastai's own reader: model and optimizer (learn.save(..., with_opt=True)'s format)
+    fresh.load(model_name(0, 1))  # fastai's own reader: model and optimizer (learn.save(..., with_opt=True)'s format)
     assert _same(fresh.model.state_dict(), keep.weights[1])
     loaded = [fresh.opt.state[p]["grad_avg"] for p, *_ in fresh.opt.all_params()]
     assert all(torch.equal(a, b) for a, b in zip(loaded, keep.momentum[1], strict=True))
 
 
-@pytest.mark.parametrize("name", [CHECKPOINT_FILE, "model_1.pth"], ids=["between-the-files", "during-the-model"])
+@pytest.mark.parametrize("name", [CHECKPOINT_FILE, "resume-fit0-epoch1.pth"], ids=["between-the-files",
+                                                                                 "during-the-model"])
 def test_a_kill_while_writing_leaves_the_previous_epochs_pair(tmp_path, monkeypatch, name):
     with pytest.raises(SystemExit):
         _synth(tmp_path, keep := KeepWeights(), KillAt(monkeypatch, name, epoch=1)).fit(3)
     monkeypatch.undo()
     models = tmp_path / "models"
-    (models / ".model_2.pth.x.tmp").write_bytes(b"half")
+    (models / ".resume-fit0-epoch2.pth.x.tmp").write_bytes(b"half")
     state, model = _checkpoint(tmp_path)
     assert state["epoch"] == 0 and _same(model["model"], keep.weights[0])
     resumed = _synth(tmp_path, keep2 := KeepWeights())
@@ -166,7 +168,9 @@ def test_get_preds_and_validate_leave_a_checkpoint_alone(tmp_path):
     before = (tmp_path / CHECKPOINT_FILE).read_bytes()
     learn.validate()
     learn.get_preds()
-    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before and (tmp_path / "models" / "model_0.pth").exists()
+    learn.lr_find(num_it=5, show_plot=False)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    assert (tmp_path / "models" / "resume-fit0-epoch0.pth").exists()
 
 
 def test_another_number_of_epochs_is_refused(cut):
@@ -186,8 +190,8 @@ def test_other_data_is_refused(cut):
 
 
 def test_a_missing_model_file_is_refused(cut):
-    (cut / "models" / "model_0.pth").unlink()
-    _refused(cut, "model_0.pth', which is missing")
+    (cut / "models" / "resume-fit0-epoch0.pth").unlink()
+    _refused(cut, "resume-fit0-epoch0.pth', which is missing")
 
 
 def test_a_folder_another_process_fits_in_is_refused(tmp_path):
@@ -205,3 +209,36 @@ def test_a_folder_another_process_fits_in_is_refused(tmp_path):
         holder.wait()
     _synth(tmp_path).fit(1)  # the lock died with its process
     assert not (tmp_path / ".fit.lock").exists()
+
+
+# ---------------------------------------------------------------- several fits, fastai's own callbacks
+@pytest.mark.slow
+def test_fine_tune_killed_in_its_second_fit_then_run_again_ends_like_an_uninterrupted_one(tiny_dir, tmp_path):
+    """fine_tune is two fits (frozen, then unfrozen): run again, the first is skipped whole, the second resumes."""
+    def fine_tune(run, *cbs):
+        learn = tiny_learner(tiny_dir, run, LabelSmoothingCrossEntropy(0.1), [RecordRun(), ExactResume(), *cbs])
+        learn.fine_tune(2, 1e-2, freeze_epochs=1)
+        return learn
+
+    fine_tune(tmp_path / "ref")
+
+    class StopInTheSecondFit(Callback):
+        def before_batch(self):
+            if self.training and self.n_epoch == 2 and self.epoch == 1 and self.iter == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fine_tune(tmp_path / "cut", StopInTheSecondFit())
+    R.finish_writes()
+    assert torch.load(tmp_path / "cut" / CHECKPOINT_FILE, weights_only=True)["fit"] == 1
+    fine_tune(tmp_path / "cut")
+    assert final_metrics(tmp_path / "cut") == final_metrics(tmp_path / "ref")
+    assert [r["epoch"] for r in epochs_table(tmp_path / "cut")] == ["0", "1", "2"]  # numbered on across fits
+    assert epochs_table(tmp_path / "cut") == epochs_table(tmp_path / "ref")
+
+
+def test_fastais_own_save_model_files_are_left_alone(tmp_path):
+    from fastai.callback.tracker import SaveModelCallback
+
+    _synth(tmp_path, SaveModelCallback(every_epoch=True)).fit(3)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_0.pth", "model_1.pth", "model_2.pth"]
