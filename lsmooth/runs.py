@@ -1,4 +1,4 @@
-"""Run folders: the names of their files, atomic writes, the machine, and reading a run back.
+"""Run folders: the names of their files, atomic writes, the machine, the arm a run belongs to, reading it back.
 
 :class:`lsmooth.callbacks.RecordRun` and :class:`lsmooth.resume.ExactResume` write a run folder;
 sweeps, summaries, notebooks and tests read it (:func:`read_run`). A reader never sees a
@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -26,16 +27,21 @@ __all__ = [
     "INCIDENTAL",
     "METRICS_FILE",
     "PREDS_FILE",
+    "RUNS_DIR",
+    "SWEEP_FILE",
     "atomic_save_torch",
     "atomic_write_bytes",
     "atomic_write_csv",
     "atomic_write_json",
+    "arm_label",
     "atomic_write_text",
     "check_writable",
     "environment",
+    "is_baseline",
     "machine_line",
     "read_csv_rows",
     "read_run",
+    "slug",
 ]
 
 # The files of a run folder: one name each, shared by the writers (lsmooth.callbacks, lsmooth.resume)
@@ -45,9 +51,13 @@ ENV_FILE = "env.json"  # versions, device, CPU, threads, load, git commit
 METRICS_FILE = "metrics.csv"  # one row per finished epoch
 FINAL_FILE = "final.json"  # final metrics and temperature scaling; its presence means the run finished
 PREDS_FILE = "valid_preds.pt"  # {"probs": (N, K) float32, "targets": (N,) int64} on the validation set
-# run state after each epoch, naming its model file models/model_<epoch>.pth (learn.load reads that
-# one); both replaced after each epoch and removed when the run finishes (lsmooth.resume)
+# run state after each epoch, naming its model file models/resume-fit<f>-epoch<e>.pth (learn.load reads
+# that one); both replaced after each epoch and removed when the run finishes (lsmooth.resume)
 CHECKPOINT_FILE = "checkpoint.pth"
+# A sweep folder (lsmooth.sweep writes it, lsmooth.report reads it): its record, and its run folders.
+SWEEP_FILE = "sweep.json"  # the recipe and shared arguments of the sweep, and every command that ran it
+RUNS_DIR = "runs"  # one run folder per job
+
 # Settings in config.json that do not change a run's numbers (where it runs, how it prints): a run may
 # resume with other values of these, and runs that differ only in these are comparable. (The data's
 # folder: ExactResume checks that the data itself is the same.)
@@ -182,6 +192,31 @@ def machine_line(env: dict) -> str:
     load = f", load {env['load_avg']:.1f}" if env.get("load_avg") is not None else ""
     return (f"{env.get('cpu') or env.get('platform')} ({env.get('cpu_count')} CPUs, {threads} torch "
             f"thread{'s' * (threads != 1)}{load}), {gpu}; torch {env.get('torch')}, fastai {env.get('fastai')}")
+
+
+def arm_label(config: dict, noise: bool = True) -> str:
+    """``'eps=0'`` (plain cross-entropy), ``'eps=0.1'``, ``'two-stage eps=0.1'``, ``'online α=0.5'``,
+    ``'penalty β=0.1'``, with ``' noise=0.4'`` when the labels are noisy (and ``noise``)."""
+    kind, eps = config.get("smoothing", "uniform"), float(config.get("eps", 0.0))
+    if kind in ("online", "penalty"):
+        value = config.get("alpha" if kind == "online" else "beta")
+        label = kind + (f" {'α' if kind == 'online' else 'β'}={value:g}" if value is not None else "")
+    else:
+        label = f"eps={eps:g}" if kind == "uniform" or eps == 0 else f"{kind} eps={eps:g}"
+    n = float(config.get("noise", 0.0))
+    return label + (f" noise={n:g}" if noise and n else "")
+
+
+def slug(label: str) -> str:
+    """``label`` (an arm's) as a folder name, ASCII without spaces: ``'online α=0.5 noise=0.4'`` ->
+    ``'online-alpha0.5-noise0.4'``."""
+    plain = label.replace("α", "alpha").replace("β", "beta").replace("=", "")
+    return re.sub(r"[^\w.-]+", "-", plain, flags=re.ASCII)
+
+
+def is_baseline(config: dict) -> bool:
+    """Whether a run's config is plain cross-entropy: the arm every other is compared with."""
+    return config.get("smoothing", "uniform") not in ("online", "penalty") and float(config.get("eps", 0.0)) == 0
 
 
 def read_csv_rows(path: str | os.PathLike) -> list[dict]:

@@ -21,9 +21,9 @@ submitit: ``pip install -e '.[cluster]'``; preempted or timed-out jobs are reque
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsmooth.runs import FINAL_FILE, atomic_write_json, check_writable, environment
+from lsmooth.runs import FINAL_FILE, RUNS_DIR, SWEEP_FILE, atomic_write_json, check_writable, environment, slug
 
 __all__ = ["EXECUTORS", "Job", "SlurmOptions", "SweepError", "run_sweep"]
 
 EXECUTORS = ("serial", "local", "slurm")
-SWEEP_FILE = "sweep.json"
-RUNS_DIR, LOGS_DIR, SLURM_DIR = "runs", "logs", "slurm"
+LOGS_DIR, SLURM_DIR = "logs", "slurm"  # the jobs' output; submitit's folder
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SweepError(ValueError):
@@ -59,8 +59,7 @@ class Job:
     @classmethod
     def of(cls, arm: str, seed: int, argv: Sequence[str]) -> Job:
         """The job of ``arm`` (a label) and ``seed``: named like ``eps0.1-noise0.4-s2`` (ASCII, no spaces)."""
-        slug = re.sub(r"[^\w.-]+", "-", arm.replace("α", "alpha").replace("β", "beta").replace("=", ""), flags=re.ASCII)
-        return cls(arm, f"{slug}-s{seed}", (*map(str, argv), "--seed", str(seed)))
+        return cls(arm, f"{slug(arm)}-s{seed}", (*map(str, argv), "--seed", str(seed)))
 
     def command(self, recipe: Path, shared: Sequence[str], out: Path) -> list[str]:
         return [sys.executable, str(recipe), *shared, *self.argv, "--out", str(out / RUNS_DIR), "--name", self.name]
@@ -97,19 +96,23 @@ def _finished(out: Path, job: Job) -> bool:
 
 
 def check_jobs(jobs: Sequence[Job], recipe: Path, shared: Sequence[str], out: Path) -> None:
-    """The recipe's ``--check`` on one job of each arm, all at once, before any trains: SweepError with the
-    first error (a bad setting fails every job of its arm, so one each is enough)."""
+    """The recipe's ``--check`` on one job of each arm before any trains (the settings, the data and the
+    weights, which it downloads: on a cluster, the login node fetches them for the jobs): SweepError with
+    the first error. A bad setting fails every job of its arm, so one each is enough; the first runs alone,
+    then the others all at once."""
     first: dict[str, Job] = {}
     for job in jobs:
         first.setdefault(job.arm, job)
     first = list(first.values())
-    procs = [subprocess.Popen([*j.command(recipe, shared, out), "--check"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for j in first]
-    for job, proc in zip(first, procs, strict=True):
-        _, err = proc.communicate()
-        if proc.returncode:
-            lines = err.strip().splitlines()
-            raise SweepError(f"{job.arm}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    start = lambda j: subprocess.Popen([*j.command(recipe, shared, out), "--check"],  # noqa: E731
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for batch in (first[:1], first[1:]):  # the first alone: it downloads what every job reads
+        procs = [start(j) for j in batch]
+        errors = [(job, proc.communicate()[1], proc) for job, proc in zip(batch, procs, strict=True)]
+        for job, err, proc in errors:
+            if code := proc.returncode:
+                lines = err.strip().splitlines()
+                raise SweepError(f"{job.arm}: {lines[-1] if lines else f'exit code {code}'}")
 
 
 # ---------------------------------------------------------------- progress
@@ -130,19 +133,23 @@ def _serial(todo, recipe, shared, out, progress, env) -> None:
     for k, job in enumerate(todo):
         progress.line(1, len(todo) - k - 1, f"{job.name} started")
         log = out / LOGS_DIR / f"{job.name}.log"
-        with log.open("w") as f, subprocess.Popen(job.command(recipe, shared, out), stdout=subprocess.PIPE,
-                                                  stderr=subprocess.STDOUT, text=True, env=env) as proc:
-            with _stopped_with(lambda: [proc]):
+        with log.open("w", buffering=1) as f, subprocess.Popen(
+                job.command(recipe, shared, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                preexec_fn=_job_process(os.getpid())) as proc:
+            def tee():
                 for line in proc.stdout:
                     sys.stdout.write(line)
                     f.write(line)
+
+            with _stopped_with(lambda: [proc], then=tee):  # stopped: the run's last lines still go to its log
+                tee()
         _settle(job, f"exit code {proc.returncode}", out, log, progress)
         progress.line(0, len(todo) - k - 1, f"{job.name} {'failed' if job.name in progress.failed else 'finished'}")
 
 
 def _local(todo, recipe, shared, out, progress, env, slots: int) -> None:
     """``slots`` jobs at a time as child processes, each on its own GPU when there are GPUs."""
-    gpus = _gpu_count()
+    gpus = _visible_gpus()
     queue, running = list(todo), {}  # slot -> (job, process, log)
     with _stopped_with(lambda: [proc for _, proc, _ in running.values()]):
         _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)
@@ -153,10 +160,11 @@ def _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)
         for slot in [s for s in range(slots) if s not in running][: len(queue)]:
             job = queue.pop(0)
             log = out / LOGS_DIR / f"{job.name}.log"
-            child_env = env | ({"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {})
+            child_env = env | ({"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {})
             with log.open("w") as f:
                 running[slot] = job, subprocess.Popen(job.command(recipe, shared, out), stdout=f,
-                                                      stderr=subprocess.STDOUT, env=child_env), log
+                                                      stderr=subprocess.STDOUT, env=child_env,
+                                                      preexec_fn=_job_process(os.getpid())), log
             progress.line(len(running), len(queue), f"{job.name} started (log: {log})")
         time.sleep(0.5)
         for slot, (job, proc, log) in list(running.items()):
@@ -167,28 +175,56 @@ def _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)
                 progress.line(len(running), len(queue), f"{job.name} {state}")
 
 
+def _job_process(sweep: int) -> Callable[[], None]:
+    """What a local job's process does before the recipe starts: it takes its own session, so a terminal's
+    Ctrl-C reaches the sweep alone, and (on Linux) asks for SIGINT when the sweep dies, however it dies: no
+    job trains on for a sweep that was killed, and each keeps its last checkpoint."""
+    def setup() -> None:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # started with ``&``, the sweep ignores SIGINT: its jobs must not
+        with contextlib.suppress(OSError, AttributeError):  # prctl: Linux only
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+        if os.getppid() != sweep:  # the sweep died before prctl
+            os._exit(1)
+
+    return setup
+
+
 @contextlib.contextmanager
-def _stopped_with(running: Callable[[], list]):
-    """On Ctrl-C (or SIGINT to this process alone), the ``running()`` jobs get SIGINT too and end their runs
-    cleanly: the last epoch's checkpoint stays. (On a terminal they got it already.)"""
+def _stopped_with(running: Callable[[], list], then: Callable[[], None] = lambda: None):
+    """On Ctrl-C, SIGTERM or a closed terminal, the ``running()`` jobs get one SIGINT and end their runs cleanly:
+    the last epoch's checkpoint stays. (They run in their own sessions, so a terminal's Ctrl-C reaches only the
+    sweep, which passes it on once: a second SIGINT would stop a recipe without its checkpoint.)"""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    handlers = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     except KeyboardInterrupt:
         for proc in running():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
+        then()
         for proc in running():
             proc.wait()
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
-def _gpu_count() -> int:
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (its own list, when it has one)."""
     try:
         import torch
 
-        return torch.cuda.device_count()
+        count = torch.cuda.device_count()
     except ImportError:
-        return 0
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [v.strip() for v in visible.split(",")] if visible is not None else [str(i) for i in range(count)]
+    return names[:count]
 
 
 def _settle(job: Job, ended: str, out: Path, log: Path, progress: Progress) -> None:
@@ -211,7 +247,8 @@ class _RecipeJob:
 
     def __call__(self) -> int:
         # SLURM signals the whole job, the recipe too: only submitit's handler here must act on USR2 (the recipe
-        # would die of it at once, racing the requeue); SIGTERM then ends the recipe, its last checkpoint safe.
+        # would die of it at once, racing the requeue). That handler requeues the job and exits, and
+        # subprocess.run kills the recipe on the way out; its last checkpoint, written atomically, is whole.
         code = subprocess.run(self.command, env=os.environ | self.env,
                               preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)).returncode
         if code:
@@ -224,14 +261,31 @@ class _RecipeJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> None:
-    """A job array through submitit; jobs of an earlier command still in the queue are waited for, not resubmitted."""
+def _check_slurm() -> None:
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError:
         raise SweepError("--executor slurm needs submitit: pip install -e '.[cluster]'") from None
     if shutil.which("sbatch") is None:
         raise SweepError("--executor slurm needs SLURM's sbatch on the PATH (is this a cluster's login node?)")
+
+
+def _queue() -> set[str] | None:
+    """The ids of this user's jobs in SLURM's queue, array tasks one by one; None if squeue did not answer.
+
+    sacct alone cannot say a job ended: while a preempted job is being requeued, its accounting can read
+    FAILED for a moment, yet the job is back in the queue and will resume. Without squeue's answer,
+    sacct's word stands.
+    """
+    listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--user={os.getuid()}"],
+                            capture_output=True, text=True)
+    return set(listed.stdout.split()) if listed.returncode == 0 else None
+
+
+def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> None:
+    """A job array through submitit; jobs of an earlier command still in the queue are waited for, not resubmitted."""
+    import submitit
+
     folder = out / SLURM_DIR
     ids_file = folder / "jobs.json"
     ids = json.loads(ids_file.read_text()) if ids_file.exists() else {}
@@ -249,24 +303,32 @@ def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> N
         tasks_per_node=1, slurm_partition=options.partition, slurm_array_parallelism=options.throttle or len(submit),
         **({"mem_gb": options.mem_gb} if options.mem_gb else {}), slurm_additional_parameters=options.sbatch,
         name="lsmooth")
-    with executor.batch():
-        pending = [(job, executor.submit(_RecipeJob(job.command(recipe, shared, out), env))) for job in submit]
-    jobs |= {job.name: sj for job, sj in pending}
+    if submit:
+        with executor.batch():
+            pending = [(job, executor.submit(_RecipeJob(job.command(recipe, shared, out), env))) for job in submit]
+        jobs |= {job.name: sj for job, sj in pending}
     atomic_write_json(ids_file, ids | {name: sj.job_id for name, sj in jobs.items()})
     progress.line(0, len(jobs), f"{len(submit)} submitted as a job array, {len(jobs) - len(submit)} already queued "
                                 f"(logs: {folder})")
     by_name = {job.name: job for job in todo}
+    asked = 0.0
     while jobs:
-        time.sleep(2)
-        next(iter(jobs.values())).get_info(mode="force")  # one sacct for every job: submitit's own backs off to 10 min
+        time.sleep(2)  # a job's result file shows it ended; sacct, for the jobs that died without one, every 30 s
+        if time.monotonic() - asked > 30:  # one sacct for every job (submitit's own backs off to 10 min)
+            next(iter(jobs.values())).get_info(mode="force")
+            asked = time.monotonic()
         states = {name: sj.state for name, sj in jobs.items()}
-        for name, state in states.items():
-            if jobs[name].done() or state.split()[0] in _ENDED:  # done: its result file is written
-                sj = jobs.pop(name)
-                _settle(by_name[name], f"SLURM state {state}", out, Path(sj.paths.stdout), progress)
-                queued = sum(s in ("PENDING", "REQUEUED") for n, s in states.items() if n in jobs)
-                ended = "failed" if name in progress.failed else "finished"
-                progress.line(len(jobs) - queued, queued, f"{name} {ended}")
+        ended = [name for name, state in states.items() if jobs[name].done() or state.split()[0] in _ENDED]
+        if any(not jobs[name].paths.result_pickle.exists() for name in ended):  # ended without a result: sure?
+            queued_ids = _queue()
+            ended = [n for n in ended if jobs[n].paths.result_pickle.exists()
+                     or queued_ids is None or jobs[n].job_id not in queued_ids]
+        for name in ended:
+            sj = jobs.pop(name)
+            _settle(by_name[name], f"SLURM state {states[name]}", out, Path(sj.paths.stdout), progress)
+            queued = sum(s in ("PENDING", "REQUEUED") for n, s in states.items() if n in jobs)
+            how = "failed" if name in progress.failed else "finished"
+            progress.line(len(jobs) - queued, queued, f"{name} {how}")
 
 
 # ---------------------------------------------------------------- the sweep
@@ -292,6 +354,8 @@ def run_sweep(jobs: Sequence[Job], recipe: str | os.PathLike, shared: Sequence[s
     log(f"sweep: {len(jobs)} runs in {out}, {len(jobs) - len(todo)} finished already, {len(todo)} to run")
     if not todo:
         return {}
+    if executor == "slurm":
+        _check_slurm()
     check_jobs(todo, recipe, shared, out)
     _record(out, recipe, shared, command, executor)
     (out / LOGS_DIR).mkdir(exist_ok=True)
@@ -300,7 +364,7 @@ def run_sweep(jobs: Sequence[Job], recipe: str | os.PathLike, shared: Sequence[s
     if executor == "serial":
         _serial(todo, recipe, shared, out, progress, env)
     elif executor == "local":
-        _local(todo, recipe, shared, out, progress, env, slots or _gpu_count() or 2)
+        _local(todo, recipe, shared, out, progress, env, slots or len(_visible_gpus()) or 2)
     else:
         _slurm(todo, recipe, shared, out, progress, {}, slurm or SlurmOptions())
     for name, why in progress.failed.items():

@@ -176,7 +176,8 @@ def tiny_sweep(tiny_dir, tmp_path_factory) -> Path:
 
     from lsmooth import ConfidencePenaltyCrossEntropy, LabelSmoothingCrossEntropy
     from lsmooth.callbacks import OnlineLabelSmoothing, RecordRun, SmoothingSchedule, two_stage
-    from lsmooth.report import arm_label, write_summary
+    from lsmooth.report import write_summary
+    from lsmooth.runs import arm_label
     from lsmooth.sweep import Job
 
     out = tmp_path_factory.mktemp("sweep")

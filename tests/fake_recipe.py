@@ -1,14 +1,15 @@
 """A stand-in for recipes/pets.py in the sweep tests: the same command-line contract, no training.
 
 ``--out O --name N`` writes the run folder ``O/N`` (config.json and final.json, with numbers made from the
-arm and the seed); a folder that has final.json is left alone; ``--check`` only
-answers; the environment variable ``FAKE_FAIL_SEED=S`` fails that seed's run; ``--sleep`` stands for training
-time.
+arm and the seed); a folder that has final.json is left alone; ``--check`` only answers; the environment
+variable ``FAKE_FAIL_SEED=S`` fails that seed's run. ``--sleep`` stands for training time: a SIGINT then
+ends the run, which writes how many SIGINTs it got to ``interrupted``. The log names the GPU it was given.
 """
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,18 @@ run = Path(a.out) / a.name
 if (run / "final.json").exists():
     sys.exit(print(f"{run} already finished"))
 run.mkdir(parents=True, exist_ok=True)
-time.sleep(float(a.sleep or 0))
+if "CUDA_VISIBLE_DEVICES" in os.environ:
+    print("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
+interrupts = []
+signal.signal(signal.SIGINT, lambda *_: interrupts.append(1))
+print("started", flush=True)
+end = time.monotonic() + float(a.sleep or 0)
+while time.monotonic() < end and not interrupts:
+    time.sleep(0.05)
+if interrupts:
+    time.sleep(0.5)  # time for a second SIGINT to come
+    (run / "interrupted").write_text(str(len(interrupts)))
+    sys.exit(130)
 if os.environ.get("FAKE_FAIL_SEED") == a.seed:
     sys.exit(print("boom", file=sys.stderr) or 3)
 seed, eps = int(a.seed), float(a.eps)

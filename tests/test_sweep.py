@@ -3,6 +3,11 @@ training): jobs and their names, the serial and local executors, rerunning, fail
 recipe through compare.py: test_compare.py; on SLURM: test_slurm.py."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +42,7 @@ def test_every_job_runs_into_its_own_folder_and_a_rerun_runs_nothing(tmp_path, e
     assert all((out / "runs" / j.name / FINAL_FILE).exists() for j in grid())
     log = capsys.readouterr().out
     assert "sweep: 6 runs in" in log and "[6/6 finished, 0 running, 0 queued] " in log
-    assert (out / "logs" / "eps0.1-s2.log").read_text() == "trained eps0.1-s2\n"
+    assert (out / "logs" / "eps0.1-s2.log").read_text() == "started\ntrained eps0.1-s2\n"
     record = json.loads((out / "sweep.json").read_text())
     assert record["recipe"] == "fake_recipe.py" and record["args"] == ["--dataset", "d", "--sleep", "0.2"]
     assert [c["executor"] for c in record["commands"]] == [executor] and "cpu" in record["commands"][0]["environment"]
@@ -78,3 +83,114 @@ def test_bad_executors_and_folders_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(S.shutil, "which", lambda name: None)
     with pytest.raises(SweepError, match="needs SLURM's sbatch on the PATH"):
         run_sweep(grid(), FAKE, ["--dataset", "d"], tmp_path / "sw", executor="slurm")
+    assert not (tmp_path / "sw" / "sweep.json").exists()  # refused before anything is recorded
+
+
+def test_the_local_executor_gives_each_job_one_of_the_gpus_this_process_may_use(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # a cluster's allocation: GPUs 3 and 5 of the node
+    assert run_sweep(grid(), FAKE, ["--dataset", "d", "--sleep", "0.2"], tmp_path / "sw", executor="local") == {}
+    gpus = [log.read_text().splitlines()[0] for log in (tmp_path / "sw" / "logs").iterdir()]
+    assert sorted(set(gpus)) == ["gpu 3", "gpu 5"] and len(gpus) == 6
+
+
+@pytest.mark.parametrize("executor", ["serial", "local"])
+def test_ctrl_c_on_a_terminal_reaches_each_job_once_and_a_killed_sweep_stops_its_jobs(tmp_path, executor):
+    """A terminal's Ctrl-C signals its whole process group: the sweep passes it on, so a job that saw it too
+    would get two (the second stops a recipe without its checkpoint). Jobs run in their own sessions."""
+    def start(out):
+        code = (f"from lsmooth.sweep import run_sweep, Job; run_sweep([Job.of('eps=0', s, ['--eps', 0, '--noise', 0])"
+                f" for s in (0, 1)], {str(FAKE)!r}, ['--sleep', '60'], {str(out)!r}, executor={executor!r})")
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: (os.setsid(), signal.signal(signal.SIGINT, signal.SIG_DFL)))
+
+    def wait_started(out, n):
+        deadline = time.monotonic() + 60
+        while sum("started" in p.read_text() for p in out.glob("logs/*.log")) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def interrupts(out, n):
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("runs/*/interrupted"))) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return [p.read_text() for p in out.glob("runs/*/interrupted")]
+
+    n = 1 if executor == "serial" else 2
+    proc = start(tmp_path / "ctrl-c")
+    wait_started(tmp_path / "ctrl-c", n)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+    proc.wait(timeout=60)
+    assert interrupts(tmp_path / "ctrl-c", n) == ["1"] * n
+
+    proc = start(tmp_path / "killed")
+    wait_started(tmp_path / "killed", n)
+    proc.kill()  # the sweep alone, as an OOM killer would: its jobs get SIGINT from the kernel (Linux)
+    proc.wait(timeout=60)
+    assert interrupts(tmp_path / "killed", n) == ["1"] * n
+
+
+def test_a_job_sacct_calls_failed_while_squeue_still_holds_it_is_waited_for(tmp_path, monkeypatch):
+    """A preempted job being requeued can read FAILED in sacct for a moment (seen on slurm-local.sh): the
+    sweep counts a job without a result as failed only once squeue no longer lists it."""
+    submitit = pytest.importorskip("submitit")
+    out, polls = tmp_path / "sw", []
+
+    class FakeJob:  # the parts of submitit.SlurmJob the sweep uses; its story is told by poll number
+        def __init__(self, job_id, story):
+            self.job_id, self.story = job_id, story
+            self.paths = type("P", (), {"result_pickle": tmp_path / f"{job_id}.pkl", "stdout": tmp_path / "x.out"})
+
+        def now(self):
+            return self.story[min(len(polls), len(self.story)) - 1]
+
+        @property
+        def state(self):
+            state, in_queue, finished = self.now()
+            if finished and not self.paths.result_pickle.exists():  # the recipe wrote final.json, submitit its result
+                (out / "runs" / self.name).mkdir(parents=True)
+                (out / "runs" / self.name / FINAL_FILE).write_text("{}")
+                self.paths.result_pickle.write_text("")
+            return state
+
+        def done(self):
+            return self.paths.result_pickle.exists() or self.state == "FAILED"
+
+        def get_info(self, mode):
+            pass
+
+    # (sacct's state, listed by squeue, finished) at poll 1, 2, 3...
+    stories = {"eps0-s0": [("RUNNING", True, False), ("FAILED", True, False), ("FAILED", True, False),
+                           ("RUNNING", True, False), ("COMPLETED", False, True)],
+               "eps0-s1": [("RUNNING", True, False), ("FAILED", False, False)]}
+    made = iter([FakeJob("7_0", stories["eps0-s0"]), FakeJob("7_1", stories["eps0-s1"])])
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster):
+            Path(folder).mkdir(parents=True)
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def batch(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def submit(self, fn):
+            job = next(made)
+            job.name = fn.command[fn.command.index("--name") + 1]
+            jobs.append(job)
+            return job
+
+    jobs = []
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    monkeypatch.setattr(S.time, "sleep", lambda s: polls.append(s))
+    monkeypatch.setattr(S, "_queue", lambda: {j.job_id for j in jobs if j.now()[1]})
+    lines = []
+    progress = S.Progress(2, 0, lines.append)
+    S._slurm(grid(eps=(0.0,), seeds=(0, 1)), FAKE, [], out, progress, {}, S.SlurmOptions())
+    assert progress.done == 1 and list(progress.failed) == ["eps0-s1"], lines
+    assert lines[-1].startswith("[1/2 finished, 0 running, 0 queued, 1 failed] eps0-s0 finished"), lines
+    assert len(polls) == 5  # eps0-s0 was waited for through its two FAILED polls, until it completed
