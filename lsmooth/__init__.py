@@ -1,9 +1,9 @@
 """lsmooth: label smoothing done right for fastai and PyTorch.
 
 The loss family (``lsmooth.losses`` and ``lsmooth.online``, torch only) and the calibration metrics are
-exported here; the
-fastai callbacks are in :mod:`lsmooth.callbacks` and :mod:`lsmooth.resume`, the figures in
-:mod:`lsmooth.plots`, the summaries in :mod:`lsmooth.report`, sweeps in :mod:`lsmooth.sweep`.
+exported here; the fastai callbacks are in :mod:`lsmooth.callbacks` and :mod:`lsmooth.resume`, the data
+pieces in :mod:`lsmooth.data`, the figures in :mod:`lsmooth.plots`, the summaries in :mod:`lsmooth.report`,
+sweeps in :mod:`lsmooth.sweep`.
 """
 
 from lsmooth.losses import (

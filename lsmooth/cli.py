@@ -23,8 +23,8 @@ from pathlib import Path
 
 from fastcore.script import CliError
 
-from lsmooth.data import NOISE_KINDS, STAND_INS
-from lsmooth.runs import CHECKPOINT_FILE, CONFIG_FILE, FINAL_FILE, INCIDENTAL, check_writable
+from lsmooth.data import NOISE_KINDS, DataError, image_folder, stand_in
+from lsmooth.runs import CHECKPOINT_FILE, CONFIG_FILE, FINAL_FILE, INCIDENTAL, arm_label, check_writable, slug
 from lsmooth.weights import pretrained_kwargs, weights_hint
 
 __all__ = ["PRECISIONS", "SMOOTHING", "Run", "SettingsError", "resolve_arch"]
@@ -66,8 +66,9 @@ def resolve_arch(name: str):
                         + (f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"))
 
 
-def _check(s: dict) -> None:
-    """SettingsError for the first bad value (the losses check eps, alpha and beta themselves)."""
+def _check(s: dict, device: bool = True) -> None:
+    """SettingsError for the first bad value (the losses check eps, alpha and beta themselves); ``device``:
+    also whether this machine has what the settings need (fp16: CUDA)."""
     import torch
 
     checks = [
@@ -84,7 +85,8 @@ def _check(s: dict) -> None:
         ("noise", _real(s["noise"]) and 0 <= s["noise"] < 1, "must be in [0, 1)"),
         ("noise_kind", s["noise_kind"] in NOISE_KINDS, f"use one of {', '.join(NOISE_KINDS)}"),
         ("precision", s["precision"] in PRECISIONS[1:], f"use one of {', '.join(PRECISIONS)}"),
-        ("precision", s["precision"] != "fp16" or torch.cuda.is_available(), "fp16 needs a CUDA GPU; use fp32 or bf16"),
+        ("precision", s["precision"] != "fp16" or not device or torch.cuda.is_available(),
+         "fp16 needs a CUDA GPU; use fp32 or bf16"),
         ("workers", _int(s["workers"], 0), "must be an integer >= 0"),
         ("threads", _int(s["threads"], 1), "must be an integer >= 1"),
     ]
@@ -105,7 +107,7 @@ class Run:
     def __init__(self, main, flags: dict, lesson: dict, stand_ins: dict):
         self.prog, self.folder = Path(inspect.getfile(inspect.unwrap(main))).name, None
         self._defaults = {k: p.default for k, p in inspect.signature(main).parameters.items()}
-        self._flags = {k: flags[k] for k in self._defaults}  # not what main imported before
+        self._flags = {k: flags[k] for k in self._defaults}  # its parameters only, not the names it imported
         self._presets, self._stand_ins = lesson, stand_ins
 
     def __enter__(self) -> Run:
@@ -114,17 +116,21 @@ class Run:
             raise CliError(f"{self.prog}: error: --dataset {s['dataset']!r}: use one of pets, "
                            f"{', '.join(self._stand_ins)}")
         preset = self._presets | self._stand_ins.get(s["dataset"], {})
+        preset_item_size = s["item_size"] is None
         s = {k: preset[k] if v is None and k in preset else v for k, v in s.items()}
+        if preset_item_size and _int(s["size"], 1):  # a preset's Resize, never below the --size given
+            s["item_size"] = max(s["item_size"], s["size"])
         import torch
 
         cuda = torch.cuda.is_available()
-        auto = {"precision": "fp16" if cuda else "fp32", "workers": min(8, os.cpu_count() or 1) if cuda else 0,
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # SLURM's
+        auto = {"precision": "fp16" if cuda else "fp32", "workers": min(8, cpus) if cuda else 0,
                 "threads": torch.get_num_threads(), "progress": sys.stdout.isatty(),
-                "name": f"{s['dataset']}-{s['arch']}-{s['smoothing']}-eps{s['eps']:g}-noise{s['noise']:g}-s{s['seed']}"}
+                "name": f"{s['dataset']}-{s['arch']}-{slug(arm_label(s))}-s{s['seed']}"}
         s |= {k: v for k, v in auto.items() if s.get(k) is None or s.get(k) == "auto"}
         self.settings = s
         try:
-            _check(s)
+            _check(s, device=not s["check"])  # a check may run where the jobs' GPUs are not (a login node)
         except SettingsError as e:
             raise CliError(f"{self.prog}: error: {e}") from None
         torch.set_num_threads(s["threads"])
@@ -143,6 +149,8 @@ class Run:
             hint = f"; continue with: python {sys.argv[0]} --resume {folder}" if folder else ""
             print(f"{self.prog}: interrupted{hint}", file=sys.stderr)
             raise SystemExit(130) from None
+        if os.environ.get("LSMOOTH_TRACEBACK") == "1":  # for a bug report: the whole traceback
+            return False
         if isinstance(error, ValueError) or type(error).__module__.startswith("lsmooth."):  # raised for the user
             raise CliError(f"{self.prog}: error: {_message(error)}") from None
         return False
@@ -166,9 +174,8 @@ class Run:
         if given:
             raise CliError(f"{self.prog}: error: --resume takes the settings from {folder}/{CONFIG_FILE}; "
                            f"drop {', '.join(map(_flag, given))}")
-        s = {k: saved.get(k, v) for k, v in self._flags.items()}
-        return s | {k: self._flags[k] for k in _RESUMABLE if self._flags[k] is not None} | {
-            "out": str(folder.parent), "name": folder.name, "resume": None}
+        s = {k: v if k in _RESUMABLE else saved.get(k, v) for k, v in self._flags.items()}  # _RESUMABLE: resolved anew
+        return s | {"out": str(folder.parent), "name": folder.name, "resume": None}
 
     def _folder(self) -> Path:
         """The run folder (created when the fit starts): exactly <out>/<name> when named, else <out>/<time>-<name>."""
@@ -210,8 +217,8 @@ class Run:
         elif self.dataset == "pets":
             folder = rank0_first(_download_pets, self.arch if self.pretrained else None)
         else:
-            folder = rank0_first(STAND_INS[self.dataset])
-        self.settings["data"] = str(_check_folder(folder).resolve())  # recorded, and what --resume reads
+            folder = rank0_first(stand_in, self.dataset)
+        self.settings["data"] = str(image_folder(folder).resolve())  # recorded, and what --resume reads
         return Path(self.settings["data"])
 
     def weights(self) -> dict:
@@ -240,8 +247,12 @@ class Run:
             raise SettingsError(f"--bs {self.bs}: larger than the training set ({len(dls.train_ds)} images)")
 
     def describe(self, dls) -> None:
-        """--dry-run: the settings, the data, whether the weights are there; nothing trained or written."""
+        """--check: the data and the batch size checked, the weights fetched; --dry-run: the settings, the data,
+        whether the weights are there. Nothing trained or written."""
         self._check_batches(dls)
+        if self.check:
+            self.weights()  # downloaded now, for the jobs of a sweep (or one line offline)
+            return print(f"{self.prog}: settings ok: {self.folder}")
         print(json.dumps(self.settings, indent=2))
         print(f"data: {len(dls.train_ds) + len(dls.valid_ds)} images, {dls.c} classes: {len(dls.train_ds)} train / "
               f"{len(dls.valid_ds)} valid, {len(dls.train)} batches of {self.bs} per epoch")
@@ -257,10 +268,6 @@ def _message(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-class DataError(ValueError):
-    """A data folder or download that cannot be used; the message (one line) says what to do."""
-
-
 def _download_pets(arch: str | None) -> Path:
     from fastai.data.external import URLs, untar_data
 
@@ -273,17 +280,3 @@ def _download_pets(arch: str | None) -> Path:
         raise DataError(f"could not download Oxford-IIIT Pets ({URLs.PETS}): {reason}. Offline? Pass --data PATH to a "
                         f"local copy of its images/ folder, or --dataset digits (no download at all)"
                         f"{weights_hint(arch) if arch else ''}") from None
-
-
-def _check_folder(folder: Path) -> Path:
-    """``folder`` (or its ``images/``) if it holds images; DataError naming the problem otherwise."""
-    from fastai.vision.utils import get_image_files
-
-    if not folder.is_dir():
-        raise DataError(f"data folder {str(folder)!r} does not exist" if not folder.exists()
-                        else f"data path {str(folder)!r} is a file, not a folder of images")
-    if (folder / "images").is_dir():
-        folder = folder / "images"
-    if not get_image_files(folder):
-        raise DataError(f"no image files in {str(folder)!r}; the Pets layout is a folder of <label>_<n>.jpg")
-    return folder

@@ -26,8 +26,8 @@ import numpy as np
 from fasttransform import Transform
 from PIL import Image
 
-__all__ = ["BREEDS", "NOISE_KINDS", "STAND_INS", "LabelNoise", "SkipUnreadable", "add_label_noise", "make_digits",
-           "make_tiny", "stand_in"]
+__all__ = ["BREEDS", "NOISE_KINDS", "DataError", "LabelNoise", "SkipUnreadable", "add_label_noise", "image_folder",
+           "make_digits", "make_tiny", "stand_in"]
 
 # Oxford-IIIT Pet: cat breeds are capitalised, dog breeds lowercase (the file names say so).
 CAT_BREEDS = (
@@ -46,6 +46,10 @@ BREEDS = CAT_BREEDS + DOG_BREEDS
 NOISE_KINDS = ("symmetric", "uniform")
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"  # where stand-ins are generated (git-ignored)
 _GENERATED = ".lsmooth-generated"  # marker: this folder was written by lsmooth
+
+
+class DataError(ValueError):
+    """A data folder, file name or download that cannot be used; the message (one line) says what to do."""
 
 
 def _note(text: str) -> None:
@@ -115,9 +119,16 @@ class LabelNoise(Transform):
         self.label_func, self.rate, self.kind, self.seed = label_func, rate, kind, seed
         self.noisy, self.changed = {}, 0
 
+    def _label(self, o) -> str:
+        try:
+            return self.label_func(o)
+        except AssertionError:  # fastai's RegexLabeller, when the name does not match
+            raise DataError(f"no label in the file name {str(o)!r}: the Pets layout names images "
+                            f"<label>_<n>.<ext>, e.g. great_pyrenees_17.jpg") from None
+
     def setups(self, items):
         items = list(items)
-        clean = [self.label_func(o) for o in items]
+        clean = [self._label(o) for o in items]
         new, changed = add_label_noise(clean, self.rate, sorted(set(clean)), self.seed, self.kind)
         self.noisy = {o: y for o, y, c in zip(items, new, changed, strict=True) if c}
         self.changed = int(changed.sum())
@@ -125,7 +136,7 @@ class LabelNoise(Transform):
             _note(f"label noise: {self.changed} of {len(items)} training labels changed ({self.kind})")
 
     def encodes(self, o):
-        return self.noisy.get(o) or self.label_func(o)
+        return self.noisy.get(o) or self._label(o)
 
 
 # ---------------------------------------------------------------- offline stand-ins
@@ -193,11 +204,26 @@ def make_digits(root: str | os.PathLike = DATA_ROOT) -> Path:
     return _generate(Path(root) / "digits", 1797, write)
 
 
-STAND_INS = {"digits": make_digits, "tiny": make_tiny}
+_MAKERS = {"digits": make_digits, "tiny": make_tiny}
 
 
 def stand_in(name: str, root: str | os.PathLike = DATA_ROOT) -> Path:
     """The images folder of the offline dataset ``name`` (``'digits'`` or ``'tiny'``), generated on first use."""
-    if name not in STAND_INS:
-        raise ValueError(f"no offline dataset {name!r}; use one of {', '.join(STAND_INS)}")
-    return STAND_INS[name](root)
+    if name not in _MAKERS:
+        raise ValueError(f"no offline dataset {name!r}; use one of {', '.join(_MAKERS)}")
+    return _MAKERS[name](root)
+
+
+def image_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` (or its ``images/``, as Pets unpacks) if it holds images; DataError naming the problem."""
+    from fastai.vision.utils import get_image_files
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder {str(folder)!r} does not exist" if not folder.exists()
+                        else f"data path {str(folder)!r} is a file, not a folder of images")
+    if (folder / "images").is_dir():
+        folder = folder / "images"
+    if not get_image_files(folder):
+        raise DataError(f"no image files in {str(folder)!r}; the Pets layout is a folder of <label>_<n>.jpg")
+    return folder

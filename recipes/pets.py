@@ -105,11 +105,11 @@ def main(
     precision: str = "auto",  # auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16
     out: str = "runs",  # run folders go into <out>/<time>-<name>
     name: str = None,  # the run folder is then exactly <out>/<name>; an unfinished run there resumes
-    resume: str = None,  # a run folder to finish with its own settings (--threads, --workers may change)
+    resume: str = None,  # a run folder to finish with its settings (--threads, --workers, --progress: as given now)
     dry_run: bool = False,  # print the settings and the data, train nothing
-    check: bool = False,  # check the settings and stop (compare.py does, before a sweep)
+    check: bool = False,  # check the settings and data, fetch the weights, train nothing (compare.py, before a sweep)
     threads: int = None,  # torch CPU threads (default: torch's; stand-ins: 1)
-    workers: int = None,  # DataLoader workers (default: 0 on CPU, reproducible; 8 on CUDA)
+    workers: int = None,  # DataLoader worker processes (default: 0 on CPU, reproducible; on CUDA up to 8)
     progress: Flag("fastai's progress bars (default: when stdout is a terminal)") = None,
 ):
     "Lesson 1 with or without label smoothing: one run, recorded into its own folder (recipes/README.md)."
@@ -118,11 +118,11 @@ def main(
     with Run(main, locals(), LESSON, STAND_INS) as run:  # presets filled in, values checked, errors in one line
         from fastai.torch_core import rank_distrib, set_seed
         loss_func, cbs = get_loss(run.smoothing, run.eps, run.alpha, run.beta)  # the losses check their values
-        if run.check or run.finished():
-            return print(f"pets.py: settings ok: {run.folder}") if run.check else None
+        if run.finished():  # a sweep's job run again: nothing to do
+            return
         set_seed(run.seed, reproducible=True)  # DataLoader shuffling and augmentation draw from it, ...
         dls = get_dls(run.data_folder(), **run.kwargs_for(get_dls))  # --data, the download, or a stand-in
-        if run.dry_run:
+        if run.dry_run or run.check:
             return run.describe(dls)
         set_seed(run.seed + rank_distrib(), reproducible=True)  # ... and the init: RandomSplitter re-seeded torch
         train(dls, loss_func, **run.kwargs_for(train), path=run.folder, cbs=[*run.callbacks(dls), *cbs],

@@ -46,6 +46,19 @@ def wait_for_second_run(out: Path, proc: subprocess.Popen) -> None:
     pytest.fail(f"the sweep never got to its second run: {proc.communicate()}")
 
 
+def jobs_running(out: Path) -> list[str]:
+    """The command lines of the processes writing into ``out`` (Linux's /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        if str(out / "runs") in argv:
+            found.append(" ".join(argv))
+    return found
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_run_again_ends_like_one_never_killed_and_local_gives_the_same(tmp_path):
     killed = tmp_path / "killed"
@@ -54,10 +67,12 @@ def test_a_killed_sweep_run_again_ends_like_one_never_killed_and_local_gives_the
     try:
         wait_for_second_run(killed, proc)
     finally:
-        import os
-
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the job it runs
+        proc.kill()  # the sweep alone: the job it runs must stop too (SIGINT, from the kernel when the sweep dies)
         proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while jobs_running(killed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not jobs_running(killed), "a job trains on after its sweep was killed"
     first = {p.parent.name: p.read_text() for p in killed.glob("runs/*/final.json")}
     assert 1 <= len(first) < 4
 

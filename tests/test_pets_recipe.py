@@ -6,12 +6,14 @@ that gets past the flags imports fastai in a fresh process (seconds), so those c
 """
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, epochs_table, final_metrics, one_line, recipe, recipe_env, run_recipe, tiny_argv, wait_for
 
 from lsmooth.runs import CHECKPOINT_FILE, CONFIG_FILE, ENV_FILE, FINAL_FILE, METRICS_FILE, PREDS_FILE
@@ -82,9 +84,31 @@ def test_dry_run_and_check_write_nothing_and_refuse_what_the_run_would(tmp_path,
     assert "222 images, 37 classes: 178 train / 44 valid" in res.stdout
     res = run_recipe("pets.py", *base, "--bs", 4096, "--dry-run", cwd=tmp_path)
     assert res.returncode == 1 and "--bs 4096: larger than the training set (178 images)" in one_line(res.stderr)
+    res = run_recipe("pets.py", *base, "--bs", 4096, "--check", cwd=tmp_path)  # the check builds the data too
+    assert res.returncode == 1 and "--bs 4096: larger than the training set (178 images)" in one_line(res.stderr)
+    res = run_recipe("pets.py", *base, "--size", 48, "--dry-run", cwd=tmp_path)  # tiny's Resize 32 follows --size
+    assert res.returncode == 0 and '"item_size": 48' in res.stdout
+    if not torch.cuda.is_available():  # fp16 is the jobs' business: a check may run on a login node without GPUs
+        res = run_recipe("pets.py", *base, "--precision", "fp16", "--dry-run", cwd=tmp_path)
+        assert res.returncode == 1 and "--precision 'fp16': fp16 needs a CUDA GPU" in one_line(res.stderr)
+        res = run_recipe("pets.py", *base, "--precision", "fp16", "--check", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
     res = run_recipe("pets.py", *base, "--check", cwd=tmp_path)
-    assert res.returncode == 0 and res.stdout.startswith("pets.py: settings ok")
+    assert res.returncode == 0 and res.stdout.strip().splitlines()[-1].startswith("pets.py: settings ok")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_file_name_without_a_label_is_one_line_and_lsmooth_traceback_shows_the_traceback(tmp_path, tiny_dir):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dir, data)
+    (data / "beagle_1.jpg").rename(data / "IMG0001.jpg")
+    base = ["--dataset", "tiny", "--data", data, "--out", tmp_path / "runs", "--dry-run"]
+    res = run_recipe("pets.py", *base, cwd=tmp_path)
+    assert res.returncode == 1
+    assert one_line(res.stderr) == (f"pets.py: error: no label in the file name {str(data / 'IMG0001.jpg')!r}: the "
+                                    f"Pets layout names images <label>_<n>.<ext>, e.g. great_pyrenees_17.jpg")
+    res = run_recipe("pets.py", *base, cwd=tmp_path, LSMOOTH_TRACEBACK="1")
+    assert res.returncode == 1 and "Traceback (most recent call last)" in res.stderr and "DataError" in res.stderr
 
 
 def test_resume_refusals(tmp_path):
