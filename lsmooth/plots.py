@@ -74,8 +74,9 @@ def plot_paired(rows: Sequence[dict], metric: str = "error_rate", noise: float =
     return ax
 
 
-def plot_curves(curves: dict[str, np.ndarray], ax=None, metric: str = "error_rate"):
-    """``metric`` per epoch: mean over seeds per arm, shaded ± 1 std (curves from ``report.load_curves``)."""
+def plot_curves(curves: dict[str, np.ndarray], metric: str = "error_rate", ax=None):
+    """``metric`` per epoch: mean over seeds per arm, shaded ± 1 std (curves from ``report.load_curves``), on a
+    log scale that turns linear below 1 (a shaded band may reach 0)."""
     ax = _new_ax(ax)
     label, scale = _label(metric)
     for arm, c in curves.items():
@@ -83,7 +84,8 @@ def plot_curves(curves: dict[str, np.ndarray], ax=None, metric: str = "error_rat
         m, s = c.mean(0) * scale, (c.std(0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])) * scale
         ax.plot(ep, m, marker="o", label=f"{arm} (n={len(c)})")
         ax.fill_between(ep, m - s, m + s, alpha=0.2)
-    ax.set(xlabel="epoch", ylabel=label, yscale="log")
+    ax.set(xlabel="epoch", ylabel=label)
+    ax.set_yscale("symlog", linthresh=1)
     ax.legend(fontsize="small")
     return ax
 

@@ -26,16 +26,20 @@ from lsmooth.runs import (
     INCIDENTAL,
     METRICS_FILE,
     PREDS_FILE,
+    RUNS_DIR,
+    SWEEP_FILE,
+    arm_label,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    is_baseline,
     machine_line,
     read_csv_rows,
     read_run,
 )
 
 __all__ = [
-    "FIGURES", "METRICS", "SUMMARY_CSV", "SUMMARY_JSON", "SUMMARY_MD", "arm_label", "calibration_markdown",
+    "FIGURES", "METRICS", "SUMMARY_CSV", "SUMMARY_JSON", "SUMMARY_MD", "calibration_markdown",
     "describe_arms", "describe_confidence", "describe_difference", "describe_temperature", "describe_vs_noise",
     "format_table", "headline", "load_curves", "load_preds", "load_rows", "load_summary", "markdown_tables",
     "paired_differences", "pooled_preds", "provenance_lines", "resolved_differences", "snippet", "summarize",
@@ -58,23 +62,6 @@ _KINDS = ("uniform", "others", "two-stage", "online", "penalty")
 _PER_RUN = {*ARM_KEYS, "seed", "loss", *INCIDENTAL}
 
 
-def arm_label(config: dict, noise: bool = True) -> str:
-    """``'eps=0'`` (plain cross-entropy), ``'eps=0.1'``, ``'two-stage eps=0.1'``, ``'online α=0.5'``,
-    ``'penalty β=0.1'``, with ``' noise=0.4'`` when the labels are noisy (and ``noise``)."""
-    kind, eps = config.get("smoothing", "uniform"), float(config.get("eps", 0.0))
-    if kind in ("online", "penalty"):
-        value = config.get("alpha" if kind == "online" else "beta")
-        label = kind + (f" {'α' if kind == 'online' else 'β'}={value:g}" if value is not None else "")
-    else:
-        label = f"eps={eps:g}" if kind == "uniform" or eps == 0 else f"{kind} eps={eps:g}"
-    n = float(config.get("noise", 0.0))
-    return label + (f" noise={n:g}" if noise and n else "")
-
-
-def _is_baseline(config: dict) -> bool:
-    return config.get("smoothing", "uniform") not in ("online", "penalty") and float(config.get("eps", 0.0)) == 0
-
-
 def _order(row: dict) -> tuple:
     kind = row["kind"]
     return row["noise"], not row["baseline"], _KINDS.index(kind) if kind in _KINDS else len(_KINDS), row["eps"]
@@ -85,13 +72,13 @@ def load_rows(folder: str | os.PathLike) -> list[dict]:
     """One row per finished run under ``folder`` (a sweep folder's ``runs/``, or a folder of run folders):
     arm, seed, settings, final metrics, run folder. ValueError when the runs' other settings differ."""
     folder = Path(folder)
-    root = folder / "runs" if (folder / "runs").is_dir() else folder
+    root = folder / RUNS_DIR if (folder / RUNS_DIR).is_dir() else folder
     rows = []
     for run in filter(None, map(read_run, sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])):
         c = run["config"]
         rows.append({"arm": arm_label(c), "variant": arm_label(c, noise=False), "kind": c.get("smoothing", "uniform"),
                      "eps": float(c.get("eps", 0.0)), "noise": float(c.get("noise", 0.0)), "seed": c.get("seed"),
-                     "baseline": _is_baseline(c), "run_dir": run["run_dir"],
+                     "baseline": is_baseline(c), "run_dir": run["run_dir"],
                      "settings": {k: v for k, v in c.items() if k not in _PER_RUN}, **run["final"]})
     for row in rows[1:]:
         k = next((k for k in sorted(rows[0]["settings"].keys() | row["settings"].keys())
@@ -174,13 +161,21 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def paired_differences(rows: Sequence[dict], level: float = 0.95) -> list[dict]:
-    """Per non-baseline arm: mean (arm − baseline) over the seeds both ran, at the same noise rate, with the
-    Student-t interval of the per-seed differences; with one common seed no interval (NaN, ``note`` says so)."""
+def paired_differences(rows: Sequence[dict], level: float = 0.95, against: str | None = None) -> list[dict]:
+    """Per arm: mean (arm − reference) over the seeds both ran, at the same noise rate, with the Student-t
+    interval of the per-seed differences; with one common seed no interval (NaN, ``note`` says so).
+
+    The reference is plain cross-entropy (the baseline), or the variant named ``against`` (an arm's label
+    without its noise rate, e.g. ``'eps=0.1'``: how online smoothing does against uniform smoothing).
+    """
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    if against is not None and against not in variants:
+        raise ValueError(f"against={against!r}: no such arm; the arms are {', '.join(variants)}")
+    is_ref = (lambda r: r["baseline"]) if against is None else (lambda r: r["variant"] == against)
     out = []
-    base = {(r["noise"], r["seed"]): r for r in rows if r["baseline"]}
+    base = {(r["noise"], r["seed"]): r for r in rows if is_ref(r)}
     for first in _arms(rows):
-        if first["baseline"]:
+        if is_ref(first):
             continue
         pairs = [(r, base[r["noise"], r["seed"]]) for r in rows
                  if r["arm"] == first["arm"] and (r["noise"], r["seed"]) in base]
@@ -293,7 +288,8 @@ def describe_difference(d: dict, metric: str = "error_rate") -> str:
         return head + "; one seed gives no interval, so no conclusion."
     if lo <= 0 <= hi:
         return head + "; the 95% interval contains 0: these seeds cannot tell the two arms apart."
-    return head + f"; the 95% interval excludes 0: {'lower' if hi < 0 else 'higher'} than the baseline on these seeds."
+    way = "lower" if hi < 0 else "higher"
+    return head + f"; the 95% interval excludes 0: {way} than {d['baseline']} on these seeds."
 
 
 def describe_arms(summary: Sequence[dict], metric: str = "error_rate") -> str:
@@ -398,7 +394,7 @@ def _write_figures(rows: Sequence[dict], summary: Sequence[dict], folder: Path) 
     save(plots.plot_paired(rows, noise=noise, ax=Figure(figsize=(1.6 * len(arms) + 2, 4)).subplots()).figure, "paired")
     curves = load_curves(rows)
     if curves:
-        save(plots.plot_curves(curves, Figure(figsize=(6, 4)).subplots()).figure, "curves")
+        save(plots.plot_curves(curves, ax=Figure(figsize=(6, 4)).subplots()).figure, "curves")
     preds = {arm: pooled_preds(rows, arm) for arm in arms}
     if any(p is None for p in preds.values()):
         notes.append(f"{FIGURES['reliability']} not drawn: some runs saved no predictions")
@@ -418,7 +414,7 @@ def write_summary(folder: str | os.PathLike, command: str | None = None) -> dict
     rows = load_rows(folder)
     if not rows:
         raise ValueError(f"no finished run in {folder}")
-    sweep = folder / "sweep.json"
+    sweep = folder / SWEEP_FILE
     commands = json.loads(sweep.read_text())["commands"] if sweep.exists() else []
     data = summary_data(rows, {"command": command, "commands": commands})
     cols = [k for k in data["arms"][0] if k != "seeds"]

@@ -72,22 +72,36 @@ def test_the_notebooks_extra_installs_jupyterlab():
     assert {"jupyterlab", "ipykernel", "papermill"} <= names
 
 
-def run(nb: Path, out: Path, **parameters):
+def run(nb: Path, out: Path, cwd: Path | None = None, **parameters):
     papermill = pytest.importorskip("papermill")
-    return papermill.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(nb.parent),
+    return papermill.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(cwd or nb.parent),
                                       kernel_name="python3", progress_bar=False)
 
 
-@pytest.mark.timeout(120)
+def default_dir(nb: Path) -> str:
+    tagged = next(c for c in cells(nb) if "parameters" in c.get("metadata", {}).get("tags", []))
+    return re.match(r'results_dir = "([^"]+)"', "".join(tagged["source"])).group(1)
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
 def test_without_its_sweep_a_notebook_stops_in_its_first_cell_naming_the_command(nb, tmp_path):
+    """Its own folder missing: the command that makes it. Another folder: compare.py with --out that folder,
+    never this notebook's command into it (digits results in a folder meant for Pets)."""
     from papermill.exceptions import PapermillExecutionError
+
+    default = default_dir(nb)
+    with pytest.raises(PapermillExecutionError) as info:  # a checkout without runs/: the default folder missing
+        run(nb, tmp_path / nb.name, cwd=tmp_path)
+    want = f"No sweep in {default}: run `{MAKES[nb.stem]} --out {default}` from the repository root first."
+    assert info.value.ename == "FileNotFoundError" and info.value.evalue == want
 
     missing = tmp_path / "no-sweep"
     with pytest.raises(PapermillExecutionError) as info:
         run(nb, tmp_path / nb.name, results_dir=str(missing))
-    sentence = f"No sweep in {missing}: run `{MAKES[nb.stem]} --out {missing}` from the repository root first."
-    assert info.value.ename == "FileNotFoundError" and info.value.evalue == sentence
+    want = (f"No sweep in {missing}: run `python recipes/compare.py <your flags> --out {missing}` from the "
+            f"repository root first (this notebook's own sweep: `{MAKES[nb.stem]} --out {default}`).")
+    assert info.value.ename == "FileNotFoundError" and info.value.evalue == want
     executed = [c for c in cells(tmp_path / nb.name) if c["cell_type"] == "code"]
     tags = [c["metadata"].get("tags", []) for c in executed]
     failed = next(i for i, c in enumerate(executed) if any(o["output_type"] == "error" for o in c["outputs"]))

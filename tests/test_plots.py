@@ -42,8 +42,11 @@ def test_paired_plot_draws_one_line_per_seed_across_the_arms(sweep):
 
 def test_curves_and_noise_plots(sweep):
     rows, summary = sweep
-    ax = plots.plot_curves(report.load_curves(rows), ax=Figure().subplots())
-    assert len(ax.lines) == 10 and ax.get_yscale() == "log"
+    curves = report.load_curves(rows)
+    ax = plots.plot_curves(curves, ax=Figure().subplots())
+    assert len(ax.lines) == 10 and ax.get_yscale() == "symlog"
+    first = next(iter(curves.values()))
+    assert list(ax.lines[0].get_ydata()) == pytest.approx(list(100 * first.mean(0)))  # percent, mean over seeds
     ax = plots.plot_vs_noise(summary, "ece", ax=Figure().subplots())
     assert len(ax.get_legend().get_texts()) == 5  # one line per arm, across the two noise rates
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from lsmooth import report as R
-from lsmooth.runs import atomic_write_json
+from lsmooth.runs import arm_label, atomic_write_json, is_baseline
 
 
 def row(eps, seed, error, noise=0.0, kind="uniform", **metrics):
     config = {"smoothing": kind, "eps": eps, "noise": noise, "alpha": 0.5, "beta": 0.1}
-    return {"arm": R.arm_label(config), "variant": R.arm_label(config, noise=False), "kind": kind, "eps": eps,
-            "noise": noise, "seed": seed, "baseline": R._is_baseline(config), "run_dir": f"/nowhere/{seed}",
+    return {"arm": arm_label(config), "variant": arm_label(config, noise=False), "kind": kind, "eps": eps,
+            "noise": noise, "seed": seed, "baseline": is_baseline(config), "run_dir": f"/nowhere/{seed}",
             "settings": {"dataset": "x"}, "error_rate": error, "nll": 0.1, "ece": 0.05, "brier": 0.2, **metrics}
 
 
@@ -26,7 +26,7 @@ def row(eps, seed, error, noise=0.0, kind="uniform", **metrics):
     ({"smoothing": "penalty", "eps": 0.0, "beta": 0.2}, "penalty β=0.2"), ({"smoothing": "online"}, "online"),
 ])
 def test_arm_labels(config, label):
-    assert R.arm_label(config) == label
+    assert arm_label(config) == label
 
 
 def test_summary_mean_std_paired_difference_and_interval_by_hand():
@@ -64,12 +64,20 @@ def test_pairs_are_by_seed_at_the_same_noise_and_one_seed_gives_no_interval():
     assert "one seed gives no interval" in R.describe_difference(diffs["eps=0.1"])
     assert [s["arm"] for s in R.summarize(rows)] == ["eps=0", "eps=0.1", "online α=0.5", "eps=0 noise=0.4",
                                                       "eps=0.1 noise=0.4"]  # noise, baseline first, kinds in order
+    against = {d["arm"]: d for d in R.paired_differences(rows, against="eps=0.1")}  # eps=0.1 is the reference
+    assert against.keys() == {"eps=0", "eps=0 noise=0.4"}  # online: no seed in common with eps=0.1
+    assert against["eps=0"]["baseline"] == "eps=0.1" and against["eps=0"]["seeds"] == [1]
+    assert against["eps=0"]["error_rate_diff"] == pytest.approx(0.1 - 0.3)
+    assert against["eps=0 noise=0.4"]["baseline"] == "eps=0.1 noise=0.4"
+    assert against["eps=0 noise=0.4"]["error_rate_diff"] == pytest.approx(0.5 - 0.4)
+    with pytest.raises(ValueError, match="against='eps=0.3': no such arm; the arms are eps=0, eps=0.1, online α=0.5"):
+        R.paired_differences(rows, against="eps=0.3")
 
 
 def test_an_interval_that_excludes_zero_is_read_as_a_direction():
     rows = [row(0.0, s, 0.10 + 0.001 * s) for s in range(4)] + [row(0.1, s, 0.05 + 0.001 * s) for s in range(4)]
     (d,) = R.paired_differences(rows)
-    assert "excludes 0: lower than the baseline" in R.describe_difference(d)
+    assert "excludes 0: lower than eps=0 on these seeds" in R.describe_difference(d)
     assert R.resolved_differences([d]).startswith("1 of 1 error rate difference has a 95% interval that excludes 0")
 
 
