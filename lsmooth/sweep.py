@@ -150,6 +150,9 @@ def _serial(todo, recipe, shared, out, progress, env) -> None:
 def _local(todo, recipe, shared, out, progress, env, slots: int) -> None:
     """``slots`` jobs at a time as child processes, each on its own GPU when there are GPUs."""
     gpus = _visible_gpus()
+    if "OMP_NUM_THREADS" not in env:  # each job its share of the CPUs: torch's default, all of them, oversubscribes
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env = env | {"OMP_NUM_THREADS": str(max(1, cpus // slots))}
     queue, running = list(todo), {}  # slot -> (job, process, log)
     with _stopped_with(lambda: [proc for _, proc, _ in running.values()]):
         _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)

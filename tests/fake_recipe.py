@@ -26,6 +26,7 @@ run = Path(a.out) / a.name
 if (run / "final.json").exists():
     sys.exit(print(f"{run} already finished"))
 run.mkdir(parents=True, exist_ok=True)
+(run / "threads").write_text(os.environ.get("OMP_NUM_THREADS", "all"))
 if "CUDA_VISIBLE_DEVICES" in os.environ:
     print("gpu", os.environ["CUDA_VISIBLE_DEVICES"])
 interrupts = []

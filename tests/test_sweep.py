@@ -96,6 +96,18 @@ def test_the_local_executor_gives_each_job_one_of_the_gpus_this_process_may_use(
     assert sorted(set(gpus)) == ["gpu 3", "gpu 5"] and len(gpus) == 6
 
 
+def test_local_jobs_share_the_cpus_and_a_users_omp_num_threads_stands(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # 8 CPUs for this process
+    run_sweep(grid(seeds=(0,)), FAKE, ["--dataset", "d"], tmp_path / "a", executor="local", slots=2)
+    run_sweep(grid(seeds=(0,)), FAKE, ["--dataset", "d"], tmp_path / "s", executor="serial")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    run_sweep(grid(seeds=(0,)), FAKE, ["--dataset", "d"], tmp_path / "u", executor="local", slots=2)
+    threads = {d: {(tmp_path / d / "runs" / j.name / "threads").read_text() for j in grid(seeds=(0,))}
+               for d in "asu"}
+    assert threads == {"a": {"4"}, "s": {"all"}, "u": {"3"}}
+
+
 @pytest.mark.parametrize("executor", ["serial", "local"])
 def test_ctrl_c_on_a_terminal_reaches_each_job_once_and_a_killed_sweep_stops_its_jobs(tmp_path, executor):
     """A terminal's Ctrl-C signals its whole process group: the sweep passes it on, so a job that saw it too
