@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 from torch.testing import assert_close
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.op_counts import CountOps  # the counter whose numbers benchmarks/ reports
 from lsmooth import (
     LabelSmoothingBCEWithLogits,
     LabelSmoothingCrossEntropy,
@@ -634,23 +635,6 @@ def test_the_host_read_detector_can_fail():
     for read in (lambda: label_smoothing_cross_entropy(x, t, 0.1), lambda: torch.ones(2).tolist()):
         with pytest.raises(AssertionError, match="host read"), NoHostReads(), NoToList():
             read()  # the host path reads the target's minimum; the fused path reads its sums
-
-
-class CountOps(TorchDispatchMode):
-    """Counts dispatched ops other than views and detach (each one a kernel launch on a GPU) and
-    those with an output of at least ``numel`` elements (each one a pass over N×K memory)."""
-
-    def __init__(self, numel):
-        super().__init__()
-        self.numel, self.ops, self.large = numel, 0, 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view and func.overloadpacket is not torch.ops.aten.detach:
-            self.ops += 1
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            self.large += any(isinstance(o, torch.Tensor) and o.numel() >= self.numel for o in outs)
-        return out
 
 
 @pytest.mark.parametrize("n, k", [(64, 37), (4096, 1000)])
