@@ -13,6 +13,7 @@ copies in the README and the recipe headers, which tests keep equal to it.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -79,6 +80,7 @@ def load_rows(folder: str | os.PathLike) -> list[dict]:
         rows.append({"arm": arm_label(c), "variant": arm_label(c, noise=False), "kind": c.get("smoothing", "uniform"),
                      "eps": float(c.get("eps", 0.0)), "noise": float(c.get("noise", 0.0)), "seed": c.get("seed"),
                      "baseline": is_baseline(c), "run_dir": run["run_dir"],
+                     "machine": machine_line(run["env"] | {"load_avg": None}) if run["env"] else "unrecorded",
                      "settings": {k: v for k, v in c.items() if k not in _PER_RUN}, **run["final"]})
     for row in rows[1:]:
         k = next((k for k in sorted(rows[0]["settings"].keys() | row["settings"].keys())
@@ -358,8 +360,7 @@ def provenance_lines(data: dict) -> list[str]:
     """Where the numbers of a summary.json come from: command, machine(s), settings."""
     p = data.get("provenance", {})
     lines = [f"command: {p['command']}"] if p.get("command") else []
-    machines = [machine_line(c["environment"]) for c in p.get("commands", [])]
-    lines += [f"machine: {m}" for m in dict.fromkeys(machines)]
+    lines += [f"machine: {m} ({n} run{'s' * (n != 1)})" for m, n in data["machines"].items()]  # where runs trained
     s = data["settings"]
     time_s = f" ({data['fit_time_s']:.0f} s of training in all)" if data.get("fit_time_s") else ""
     lines.append(f"{data['n_runs']} runs{time_s}: {s.get('dataset')} {s.get('arch')}, {s.get('epochs')} epochs, "
@@ -371,6 +372,7 @@ def provenance_lines(data: dict) -> list[str]:
 def summary_data(rows: Sequence[dict], provenance: dict | None = None) -> dict:
     """What summary.json holds for ``rows``: settings, provenance, per-arm statistics, paired differences."""
     return {"n_runs": len(rows), "fit_time_s": sum(r.get("fit_time_s") or 0 for r in rows),
+            "machines": dict(collections.Counter(r["machine"] for r in rows)),
             "settings": rows[0]["settings"], "provenance": provenance or {}, "arms": summarize(rows),
             "paired_differences": paired_differences(rows), "temperature_scaling": TS_NOTE}
 

@@ -3,6 +3,7 @@ and a whole summary of a sweep folder (the session's tiny sweep)."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,11 @@ def test_write_summary_of_a_sweep_folder(tiny_sweep):
         assert (tiny_sweep / name).stat().st_size > 5000
     assert (tiny_sweep / R.SUMMARY_MD).read_text() == R.summary_markdown(data)
     assert json.loads((tiny_sweep / R.SUMMARY_JSON).read_text()) == data
+    # where the runs trained, from their env.json (a sweep process's own threads may differ: the jobs' count)
+    env = json.loads((Path(rows[0]["run_dir"]) / "env.json").read_text())
+    threads = f"{env['torch_threads']} torch thread{'s' * (env['torch_threads'] != 1)}), "
+    assert list(data["machines"].values()) == [20] and threads in next(iter(data["machines"]))
+    assert f"- machine: {next(iter(data['machines']))} (20 runs)\n" in R.summary_markdown(data)
 
 
 def test_snippet_and_sentences_read_the_summary(tiny_sweep):
