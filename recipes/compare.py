@@ -4,7 +4,8 @@ The comparison as Müller et al. 2019 make it: every arm of a seed trains on the
 each arm's per-seed difference from cross-entropy with a 95% t-interval; ECE, NLL, Brier before and after
 temperature scaling. Each run is a run of pets.py, one job; flags this script does not know go to every job.
 Measured here (results/compare-digits/summary.json):
-    (not measured yet)
+    digits, resnet18, 8 epochs, 3 paired seeds, 2-core CPU: error eps=0 1.30 ± 0.43%;
+    difference per seed, mean [95% interval]: eps=0.1 -0.37 pts [-0.77, +0.03]
 Run: python recipes/compare.py (offline digits, eps 0 vs 0.1, 3 seeds); Pets, GPUs, SLURM: recipes/README.md.
 """
 
@@ -51,7 +52,8 @@ def main(
     sbatch: Many(str, "slurm: other sbatch options as key=value, e.g. account=mylab qos=normal") = (),
 ):
     """Run the comparison's grid as pets.py jobs into one sweep folder, then summarise it (tables, figures).
-    Every other flag goes to every job (pets.py --help): --dataset (default digits), --epochs, --alpha, ..."""
+    Every other flag goes to every job (pets.py --help): --dataset (default digits; pets with --data), --epochs,
+    --alpha, ..."""
     from fastcore.script import CliError
 
     from lsmooth.report import format_table, write_summary
@@ -62,7 +64,9 @@ def main(
         raise CliError(f"compare.py: error: {bad[0]} is set for each job by the sweep; drop it (--seeds: the seeds)")
     if bad := [kv for kv in sbatch if "=" not in kv]:
         raise CliError(f"compare.py: error: --sbatch {bad[0]!r}: write key=value (a flag without value: key=)")
-    dataset = next((v for f, v in zip(forwarded, forwarded[1:], strict=False) if f == "--dataset"), None)
+    given = {f: v for f, v in zip(forwarded, [*forwarded[1:], None], strict=True)} | dict(
+        a.split("=", 1) for a in forwarded if a.startswith("--") and "=" in a)  # --flag value, --flag=value
+    dataset = given.get("--dataset") or ("pets" if "--data" in given else None)  # a folder: pets.py's own default
     shared = forwarded if dataset else ["--dataset", "digits", *forwarded]
     out = Path(out or f"runs/compare-{dataset or 'digits'}")
     options = SlurmOptions(partition, gpus, cpus, mem_gb, time_min, jobs, dict(kv.split("=", 1) for kv in sbatch))

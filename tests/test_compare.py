@@ -105,3 +105,17 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "compare.py: interrupted; rerun the same command to resume (finished runs " \
                                            "are kept)"
+
+
+@pytest.mark.slow
+def test_a_folder_without_dataset_gets_the_lessons_settings_and_dataset_eq_value_is_read(tiny_dir, tmp_path):
+    """--data alone means Pets (as for pets.py), never the digits preset; --dataset=tiny names the folder too."""
+    small = ["--epochs", "1", "--eps", "0", "--seeds", "0", "--no-pretrained", "--arch", "resnet18", "--size", "16",
+             "--item-size", "16", "--bs", "32"]
+    res = run_recipe("compare.py", "--data", tiny_dir, *small, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    config = json.loads((tmp_path / "runs" / "compare-pets" / "runs" / "eps0-s0" / CONFIG_FILE).read_text())
+    assert config["dataset"] == "pets" and config["lr"] == 3e-3 and config["min_scale"] == 0.75  # the lesson's
+    res = run_recipe("compare.py", "--dataset=tiny", *small, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "runs" / "compare-tiny" / "runs" / "eps0-s0" / FINAL_FILE).exists()
