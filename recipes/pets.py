@@ -2,7 +2,8 @@
 
 Published, not measured here: error 7.1% without smoothing (fastai course-v3 lesson 1), 7.5% with it (seed article).
 Measured here (results/compare-digits/summary.json):
-    (not measured yet)
+    digits, resnet18, 8 epochs, 3 paired seeds, 2-core CPU: error eps=0 1.30 ± 0.43%;
+    difference per seed, mean [95% interval]: eps=0.1 -0.37 pts [-0.77, +0.03]
 Run: python recipes/pets.py [--eps 0] [--dataset digits]; every flag: --help; more in recipes/README.md.
 """
 
