@@ -274,15 +274,36 @@ def _check_slurm() -> None:
 
 
 def _queue() -> set[str] | None:
-    """The ids of this user's jobs in SLURM's queue, array tasks one by one; None if squeue did not answer.
-
-    sacct alone cannot say a job ended: while a preempted job is being requeued, its accounting can read
-    FAILED for a moment, yet the job is back in the queue and will resume. Without squeue's answer,
-    sacct's word stands.
-    """
+    """The ids of this user's jobs in SLURM's queue, array tasks one by one; None if squeue did not answer."""
     listed = subprocess.run(["squeue", "--noheader", "--array", "--format=%i", f"--user={os.getuid()}"],
                             capture_output=True, text=True)
     return set(listed.stdout.split()) if listed.returncode == 0 else None
+
+
+class _Gone:
+    """Which of the jobs that sacct calls ended, without a result file, really ended: those squeue has not
+    listed for ``grace`` seconds. Accounting can show an attempt's end (FAILED, CANCELLED) of a job that SLURM
+    has requeued, and a busy controller may not answer squeue: neither must fail a job that will resume. If
+    squeue answers nothing for ``blind`` seconds, sacct's word stands."""
+
+    def __init__(self, grace: float = 30.0, blind: float = 600.0):
+        self.grace, self.blind, self.since, self.answered = grace, blind, {}, time.monotonic()
+
+    def sure(self, suspects: dict[str, str]) -> list[str]:
+        """The names among ``suspects`` (name -> SLURM job id) that ended for sure."""
+        now = time.monotonic()
+        self.since = {name: t for name, t in self.since.items() if name in suspects}  # running again: forgotten
+        if not suspects:
+            return []
+        queued = _queue()
+        if queued is not None:
+            self.answered = now
+        elif now - self.answered < self.blind:
+            return []
+        for name in [n for n, job_id in suspects.items() if queued is not None and job_id in queued]:
+            self.since.pop(name, None)
+            del suspects[name]
+        return [name for name in suspects if now - self.since.setdefault(name, now) >= self.grace]
 
 
 def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> None:
@@ -307,14 +328,17 @@ def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> N
         **({"mem_gb": options.mem_gb} if options.mem_gb else {}), slurm_additional_parameters=options.sbatch,
         name="lsmooth")
     if submit:
-        with executor.batch():
-            pending = [(job, executor.submit(_RecipeJob(job.command(recipe, shared, out), env))) for job in submit]
+        try:
+            with executor.batch():
+                pending = [(job, executor.submit(_RecipeJob(job.command(recipe, shared, out), env))) for job in submit]
+        except submitit.core.utils.FailedJobError as e:  # sbatch refused: its own words, e.g. no controller
+            raise SweepError(str(e).strip().splitlines()[-1]) from None
         jobs |= {job.name: sj for job, sj in pending}
     atomic_write_json(ids_file, ids | {name: sj.job_id for name, sj in jobs.items()})
     progress.line(0, len(jobs), f"{len(submit)} submitted as a job array, {len(jobs) - len(submit)} already queued "
                                 f"(logs: {folder})")
     by_name = {job.name: job for job in todo}
-    asked = 0.0
+    asked, gone = 0.0, _Gone()
     while jobs:
         time.sleep(2)  # a job's result file shows it ended; sacct, for the jobs that died without one, every 30 s
         if time.monotonic() - asked > 30:  # one sacct for every job (submitit's own backs off to 10 min)
@@ -322,10 +346,9 @@ def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> N
             asked = time.monotonic()
         states = {name: sj.state for name, sj in jobs.items()}
         ended = [name for name, state in states.items() if jobs[name].done() or state.split()[0] in _ENDED]
-        if any(not jobs[name].paths.result_pickle.exists() for name in ended):  # ended without a result: sure?
-            queued_ids = _queue()
-            ended = [n for n in ended if jobs[n].paths.result_pickle.exists()
-                     or queued_ids is None or jobs[n].job_id not in queued_ids]
+        suspects = {n: jobs[n].job_id for n in ended if not jobs[n].paths.result_pickle.exists()}
+        sure = gone.sure(dict(suspects))  # no result file: ended only if SLURM's queue agrees
+        ended = [n for n in ended if n not in suspects or n in sure]
         for name in ended:
             sj = jobs.pop(name)
             _settle(by_name[name], f"SLURM state {states[name]}", out, Path(sj.paths.stdout), progress)

@@ -144,8 +144,9 @@ def test_ctrl_c_on_a_terminal_reaches_each_job_once_and_a_killed_sweep_stops_its
 
 
 def test_a_job_sacct_calls_failed_while_squeue_still_holds_it_is_waited_for(tmp_path, monkeypatch):
-    """A preempted job being requeued can read FAILED in sacct for a moment (seen on slurm-local.sh): the
-    sweep counts a job without a result as failed only once squeue no longer lists it."""
+    """A preempted job being requeued can read FAILED in sacct for a moment, and a busy controller may not answer
+    squeue (seen on slurm-local.sh): a job without a result counts as failed only once squeue has answered
+    without it for 30 s."""
     submitit = pytest.importorskip("submitit")
     out, polls = tmp_path / "sw", []
 
@@ -198,11 +199,40 @@ def test_a_job_sacct_calls_failed_while_squeue_still_holds_it_is_waited_for(tmp_
 
     jobs = []
     monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
-    monkeypatch.setattr(S.time, "sleep", lambda s: polls.append(s))
-    monkeypatch.setattr(S, "_queue", lambda: {j.job_id for j in jobs if j.now()[1]})
+    class Clock:  # the sweep's time: each sleep passes at once
+        monotonic = staticmethod(lambda: sum(polls))
+        sleep = staticmethod(polls.append)
+
+    monkeypatch.setattr(S, "time", Clock)
+    # squeue: the jobs in the queue now, but no answer at poll 2 (a busy controller)
+    monkeypatch.setattr(S, "_queue", lambda: None if len(polls) == 2 else {j.job_id for j in jobs if j.now()[1]})
     lines = []
     progress = S.Progress(2, 0, lines.append)
     S._slurm(grid(eps=(0.0,), seeds=(0, 1)), FAKE, [], out, progress, {}, S.SlurmOptions())
     assert progress.done == 1 and list(progress.failed) == ["eps0-s1"], lines
-    assert lines[-1].startswith("[1/2 finished, 0 running, 0 queued, 1 failed] eps0-s0 finished"), lines
-    assert len(polls) == 5  # eps0-s0 was waited for through its two FAILED polls, until it completed
+    assert lines[-2].startswith("[1/2 finished, 1 running, 0 queued] eps0-s0 finished"), lines
+    assert lines[-1].startswith("[1/2 finished, 0 running, 0 queued, 1 failed] eps0-s1 failed"), lines
+    # eps0-s1: gone from the queue first seen at poll 3 (6 s; at poll 2 squeue did not answer), failed 30 s later
+    assert sum(polls) == 36 and len(polls) == 18
+
+
+def test_sbatch_refusing_the_array_is_one_line(tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+
+    class Refused:  # submitit's executor when sbatch fails (a controller down, a bad --sbatch option)
+        def __init__(self, folder, cluster):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def batch(self):
+            raise submitit.core.utils.FailedJobError(
+                "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)\n")
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Refused)
+    (tmp_path / "sw" / "slurm").mkdir(parents=True)
+    with pytest.raises(SweepError) as info:
+        S._slurm(grid(seeds=(0,)), FAKE, [], tmp_path / "sw", S.Progress(2, 0, print), {}, S.SlurmOptions())
+    assert str(info.value) == ("sbatch: error: Batch job submission failed: Unable to contact slurm controller "
+                               "(connect failure)")
