@@ -137,6 +137,19 @@ def _executor(folder: Path, **params) -> submitit.AutoExecutor:
     return executor
 
 
+def _preempt_once(job_id: str, log: Path) -> None:
+    """``scancel --signal=USR2``, as SLURM preempts a job, once. scancel retries a target that is in transition
+    (the job requeueing) and can deliver USR2 again to the restarted job before submitit's handler is set,
+    which kills it for good: so scancel is stopped once the job's log says it was requeued."""
+    sent = subprocess.Popen(["scancel", "--signal=USR2", job_id])
+    end = time.monotonic() + 60
+    while sent.poll() is None and "Requeued job" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < end, f"job {job_id} was not requeued within 60 s of USR2"
+        time.sleep(0.05)
+    sent.kill()
+    sent.wait()
+
+
 def _sacct(job_id: str, fields: str = "JobID,State,ExitCode") -> list[dict]:
     out = subprocess.run(["sacct", "-X", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True,
                          check=True).stdout.splitlines()
@@ -270,7 +283,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path, capsys):
         assert time.monotonic() < end, f"the job made no progress: {job.state}\n{job.stderr()}"
         time.sleep(0.05)
     signalled = time.time()
-    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)
+    _preempt_once(job.job_id, Path(job.paths.stdout))
     at_signal = int(progress.read_text())
 
     # The controller "restarts": a new handle from the folder and the id only.
@@ -335,7 +348,11 @@ def test_hundred_job_array(cluster, tmp_path, capsys):
     show(capsys, f"map_array of 100: submitted in {submitted:.2f} s, last result after {elapsed:.1f} s")
     assert results == [x * x for x in range(100)]
     assert submitted < 10
-    assert {row["State"] for row in _sacct(jobs[0].job_id.split("_")[0])} == {"COMPLETED"}
+    end = time.monotonic() + 60  # a result file is written before its task ends in SLURM's accounting
+    while (states := {row["State"] for row in _sacct(jobs[0].job_id.split("_")[0])}) & {"RUNNING", "COMPLETING"}:
+        assert time.monotonic() < end, states
+        time.sleep(0.5)
+    assert states == {"COMPLETED"}
 
 
 def test_job_ids_keep_increasing_across_a_restart(cluster, tmp_path, capsys):
@@ -358,23 +375,6 @@ def test_job_ids_keep_increasing_across_a_restart(cluster, tmp_path, capsys):
     assert after.result() == 16
     assert int(after.job_id) > int(before.job_id)
     assert _sacct(before.job_id)[0]["State"] == "COMPLETED"  # the accounting database kept the history
-
-
-def test_stop_leaves_no_job_process(cluster, tmp_path):
-    """Runs last: a job still running, with a process that left the job's tree, is ended by stop."""
-    executor = _executor(tmp_path / "sub")
-    marker = tmp_path / "escaped.pid"
-    job = executor.submit(subprocess.run, ["bash", "-c", f"(setsid sleep 600 & echo $! >{marker}); sleep 600"])
-    end = time.monotonic() + 60
-    while not marker.exists() or not marker.read_text().strip():
-        assert time.monotonic() < end, job.state
-        time.sleep(0.1)
-    escaped = int(marker.read_text())
-    assert _alive(escaped)
-    stopped = _script("stop", cluster["dir"], env=cluster["env"])
-    assert stopped.returncode == 0, stopped.stderr
-    assert not _alive(escaped)
-    assert not _processes_using(cluster["dir"])
 
 
 # ---------------------------------------------------------------- a sweep as a job array
@@ -403,7 +403,7 @@ def test_a_digits_sweep_on_slurm_with_a_preempted_job_equals_the_serial_sweep(cl
                         + "\n".join(f"{p}:\n{p.read_text()[-2000:]}" for p in slurm.glob("slurm/*.err")))
         ckpt = found[0]
         job_id = json.loads((slurm / "slurm" / "jobs.json").read_text())[ckpt.parent.name]
-        subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True)
+        _preempt_once(str(job_id), Path(submitit.SlurmJob(folder=slurm / "slurm", job_id=str(job_id)).paths.stdout))
         out, _ = proc.communicate(timeout=600)
     finally:
         proc.kill()
@@ -427,3 +427,21 @@ def test_a_digits_sweep_on_slurm_with_a_preempted_job_equals_the_serial_sweep(cl
             assert a[key] == b[key], (name, key)
     show(capsys, f"digits sweep of 4 runs as a job array, one preempted and resumed: {took:.0f} s from submission "
                  f"to the summary")
+
+
+# ---------------------------------------------------------------- last: it stops the cluster
+def test_stop_leaves_no_job_process(cluster, tmp_path):
+    """Runs last: a job still running, with a process that left the job's tree, is ended by stop."""
+    executor = _executor(tmp_path / "sub")
+    marker = tmp_path / "escaped.pid"
+    job = executor.submit(subprocess.run, ["bash", "-c", f"(setsid sleep 600 & echo $! >{marker}); sleep 600"])
+    end = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text().strip():
+        assert time.monotonic() < end, job.state
+        time.sleep(0.1)
+    escaped = int(marker.read_text())
+    assert _alive(escaped)
+    stopped = _script("stop", cluster["dir"], env=cluster["env"])
+    assert stopped.returncode == 0, stopped.stderr
+    assert not _alive(escaped)
+    assert not _processes_using(cluster["dir"])
