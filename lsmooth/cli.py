@@ -24,7 +24,16 @@ from pathlib import Path
 from fastcore.script import CliError
 
 from lsmooth.data import NOISE_KINDS, DataError, image_folder, stand_in
-from lsmooth.runs import CHECKPOINT_FILE, CONFIG_FILE, FINAL_FILE, INCIDENTAL, arm_label, check_writable, slug
+from lsmooth.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    FINAL_FILE,
+    INCIDENTAL,
+    arm_label,
+    check_writable,
+    slug,
+    usable_cpus,
+)
 from lsmooth.weights import pretrained_kwargs, weights_hint
 
 __all__ = ["PRECISIONS", "SMOOTHING", "Run", "SettingsError", "resolve_arch"]
@@ -123,8 +132,7 @@ class Run:
         import torch
 
         cuda = torch.cuda.is_available()
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # SLURM's
-        auto = {"precision": "fp16" if cuda else "fp32", "workers": min(8, cpus) if cuda else 0,
+        auto = {"precision": "fp16" if cuda else "fp32", "workers": min(8, usable_cpus()) if cuda else 0,
                 "threads": torch.get_num_threads(), "progress": sys.stdout.isatty(),
                 "name": f"{s['dataset']}-{s['arch']}-{slug(arm_label(s))}-s{s['seed']}"}
         s |= {k: v for k, v in auto.items() if s.get(k) is None or s.get(k) == "auto"}

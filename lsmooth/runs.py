@@ -42,6 +42,7 @@ __all__ = [
     "read_csv_rows",
     "read_run",
     "slug",
+    "usable_cpus",
 ]
 
 # The files of a run folder: one name each, shared by the writers (lsmooth.callbacks, lsmooth.resume)
@@ -151,6 +152,11 @@ def _cpu_model() -> str | None:
     except OSError:
         return platform.processor() or None
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (what SLURM or taskset gave it), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def environment(device=None) -> dict:

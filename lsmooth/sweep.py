@@ -34,7 +34,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsmooth.runs import FINAL_FILE, RUNS_DIR, SWEEP_FILE, atomic_write_json, check_writable, environment, slug
+from lsmooth.runs import (
+    FINAL_FILE,
+    RUNS_DIR,
+    SWEEP_FILE,
+    atomic_write_json,
+    check_writable,
+    environment,
+    slug,
+    usable_cpus,
+)
 
 __all__ = ["EXECUTORS", "Job", "SlurmOptions", "SweepError", "run_sweep"]
 
@@ -151,8 +160,7 @@ def _local(todo, recipe, shared, out, progress, env, slots: int) -> None:
     """``slots`` jobs at a time as child processes, each on its own GPU when there are GPUs."""
     gpus = _visible_gpus()
     if "OMP_NUM_THREADS" not in env:  # each job its share of the CPUs: torch's default, all of them, oversubscribes
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        env = env | {"OMP_NUM_THREADS": str(max(1, cpus // slots))}
+        env = env | {"OMP_NUM_THREADS": str(max(1, usable_cpus() // slots))}
     queue, running = list(todo), {}  # slot -> (job, process, log)
     with _stopped_with(lambda: [proc for _, proc, _ in running.values()]):
         _local_loop(queue, running, recipe, shared, out, progress, env, slots, gpus)
@@ -292,18 +300,15 @@ class _Gone:
     def sure(self, suspects: dict[str, str]) -> list[str]:
         """The names among ``suspects`` (name -> SLURM job id) that ended for sure."""
         now = time.monotonic()
-        self.since = {name: t for name, t in self.since.items() if name in suspects}  # running again: forgotten
-        if not suspects:
+        queued = _queue() if suspects else set()
+        if queued is None and now - self.answered < self.blind:  # no answer: keep the clocks, decide nothing
+            self.since = {name: t for name, t in self.since.items() if name in suspects}
             return []
-        queued = _queue()
         if queued is not None:
             self.answered = now
-        elif now - self.answered < self.blind:
-            return []
-        for name in [n for n, job_id in suspects.items() if queued is not None and job_id in queued]:
-            self.since.pop(name, None)
-            del suspects[name]
-        return [name for name in suspects if now - self.since.setdefault(name, now) >= self.grace]
+        gone = [name for name, job_id in suspects.items() if queued is None or job_id not in queued]
+        self.since = {name: self.since.get(name, now) for name in gone}  # since when each is out of the queue
+        return [name for name in gone if now - self.since[name] >= self.grace]
 
 
 def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> None:
@@ -347,7 +352,7 @@ def _slurm(todo, recipe, shared, out, progress, env, options: SlurmOptions) -> N
         states = {name: sj.state for name, sj in jobs.items()}
         ended = [name for name, state in states.items() if jobs[name].done() or state.split()[0] in _ENDED]
         suspects = {n: jobs[n].job_id for n in ended if not jobs[n].paths.result_pickle.exists()}
-        sure = gone.sure(dict(suspects))  # no result file: ended only if SLURM's queue agrees
+        sure = gone.sure(suspects)  # no result file: ended only if SLURM's queue agrees
         ended = [n for n in ended if n not in suspects or n in sure]
         for name in ended:
             sj = jobs.pop(name)
