@@ -64,7 +64,7 @@ def main(
         raise CliError(f"compare.py: error: {bad[0]} is set for each job by the sweep; drop it (--seeds: the seeds)")
     if bad := [kv for kv in sbatch if "=" not in kv]:
         raise CliError(f"compare.py: error: --sbatch {bad[0]!r}: write key=value (a flag without value: key=)")
-    given = {f: v for f, v in zip(forwarded, [*forwarded[1:], None], strict=True)} | dict(
+    given = dict(zip(forwarded, forwarded[1:], strict=False)) | dict(
         a.split("=", 1) for a in forwarded if a.startswith("--") and "=" in a)  # --flag value, --flag=value
     dataset = given.get("--dataset") or ("pets" if "--data" in given else None)  # a folder: pets.py's own default
     shared = forwarded if dataset else ["--dataset", "digits", *forwarded]

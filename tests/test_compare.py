@@ -34,6 +34,13 @@ def test_bad_input_is_one_line_before_anything_trains(argv, message, tmp_path):
     assert not (tmp_path / "o" / "runs").exists()
 
 
+def test_the_readme_command_alone_reads_its_flags(tmp_path):
+    """`python recipes/compare.py` forwards nothing to the jobs: the digits default (here stopped at the executor)."""
+    res = run_recipe("compare.py", "--executor", "cloud", cwd=tmp_path)
+    assert res.returncode == 1 and one_line(res.stderr) == \
+        "compare.py: error: --executor 'cloud': use one of serial, local, slurm", res.stderr
+
+
 def wait_for_second_run(out: Path, proc: subprocess.Popen) -> None:
     """Until one run has finished and the next is training."""
     deadline = time.monotonic() + 240
